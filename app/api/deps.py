@@ -1,0 +1,82 @@
+"""Request dependencies: app state, database session, tenant from API key, admin check."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.errors import Forbidden, ServiceUnavailable, Unauthorized
+from app.core.security import secret_matches, split_api_key
+from app.db.tables import ApiKey, Tenant
+
+
+def get_state(request: Request):  # type: ignore[no-untyped-def]
+    state = getattr(request.app.state, "reid", None)
+    if state is None:
+        raise ServiceUnavailable("service is starting")
+    return state
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with get_state(request).sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    tenant_id: int
+    key_id: int
+
+
+def tenant_from_key(
+    session: SessionDep,
+    x_api_key: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> TenantContext:
+    """The tenant always comes from the key, never from the request."""
+    key = x_api_key
+    if key is None and authorization and authorization.lower().startswith("bearer "):
+        key = authorization[7:].strip()
+    if not key:
+        raise Unauthorized("missing API key: send X-API-Key or Authorization: Bearer")
+    parts = split_api_key(key)
+    if parts is None:
+        raise Unauthorized("unknown API key")
+    prefix, secret = parts
+    row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if row is None or not secret_matches(secret, row.secret_hash):
+        raise Unauthorized("unknown API key")
+    if row.revoked_at is not None:
+        raise Unauthorized("API key has been revoked")
+    if session.get(Tenant, row.tenant_id) is None:
+        raise Unauthorized("unknown API key")
+    return TenantContext(tenant_id=row.tenant_id, key_id=row.id)
+
+
+TenantDep = Annotated[TenantContext, Depends(tenant_from_key)]
+
+
+def require_admin(request: Request, x_admin_key: Annotated[str | None, Header()] = None) -> str:
+    expected: str = get_state(request).admin_key
+    if not x_admin_key:
+        raise Unauthorized("missing admin key: send X-Admin-Key")
+    if not hmac.compare_digest(x_admin_key.encode(), expected.encode()):
+        raise Forbidden("invalid admin key")
+    return "admin"
+
+
+AdminDep = Annotated[str, Depends(require_admin)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

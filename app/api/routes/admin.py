@@ -1,0 +1,227 @@
+"""Operator API: tenants, API keys, privacy policies, the utility trade-off, audit log."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.api.deps import AdminDep, SessionDep, get_state
+from app.api.schemas import AuditOut, KeyIn, KeyIssued, KeyOut, PolicyIn, PolicyOut, TenantIn, TenantOut, TenantPatch, epsilon_out
+from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.security import new_api_key
+from app.db.tables import ApiKey, AuditEntry, GalleryItem, PrivacyPolicyRow, Tenant
+from app.services.calibration import expected_utility
+from models.privacy import gaussian_sigma
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+NO_NOISE_WARNING = "epsilon is inf: new records are stored WITHOUT differential-privacy noise"
+
+
+def audit(session: Session, actor: str, action: str, tenant_id: int | None, details: dict[str, Any] | None = None) -> None:
+    session.add(AuditEntry(actor=actor, action=action, tenant_id=tenant_id, details=details))
+
+
+def policy_out(row: PrivacyPolicyRow) -> PolicyOut:
+    epsilon = math.inf if row.epsilon is None else row.epsilon
+    sensitivity = 2 * row.clip_norm
+    return PolicyOut(
+        epsilon=epsilon_out(row.epsilon),
+        delta=row.delta,
+        clip_norm=row.clip_norm,
+        sensitivity=sensitivity,
+        sigma=gaussian_sigma(epsilon, row.delta, sensitivity),
+        subject_epsilon=row.subject_epsilon,
+        subject_delta=row.subject_delta,
+        noise=not math.isinf(epsilon),
+        warning=NO_NOISE_WARNING if math.isinf(epsilon) else None,
+    )
+
+
+def _tenant(session: Session, tenant_id: int) -> Tenant:
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return tenant
+
+
+def tenant_out(session: Session, tenant: Tenant) -> TenantOut:
+    size = session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.tenant_id == tenant.id)) or 0
+    policy = session.get(PrivacyPolicyRow, tenant.id)
+    assert policy is not None
+    return TenantOut(
+        id=tenant.id,
+        name=tenant.name,
+        retention_days=tenant.retention_days,
+        created_at=tenant.created_at,
+        gallery_size=int(size),
+        privacy=policy_out(policy),
+    )
+
+
+@router.post("/tenants", response_model=TenantOut, status_code=201)
+def create_tenant(body: TenantIn, request: Request, session: SessionDep, actor: AdminDep) -> TenantOut:
+    settings = get_state(request).settings
+    tenant = Tenant(name=body.name, retention_days=body.retention_days)
+    session.add(tenant)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"a tenant named {body.name!r} already exists") from None
+    epsilon = settings.default_epsilon
+    session.add(
+        PrivacyPolicyRow(
+            tenant_id=tenant.id,
+            epsilon=None if math.isinf(epsilon) else epsilon,
+            delta=settings.default_delta,
+            clip_norm=settings.clip_norm,
+        )
+    )
+    audit(session, actor, "tenant.create", tenant.id, {"name": body.name, "retention_days": body.retention_days})
+    session.commit()
+    return tenant_out(session, tenant)
+
+
+@router.get("/tenants", response_model=list[TenantOut])
+def list_tenants(session: SessionDep, _: AdminDep) -> list[TenantOut]:
+    return [tenant_out(session, t) for t in session.scalars(select(Tenant).order_by(Tenant.id)).all()]
+
+
+@router.get("/tenants/{tenant_id}", response_model=TenantOut)
+def get_tenant(tenant_id: int, session: SessionDep, _: AdminDep) -> TenantOut:
+    return tenant_out(session, _tenant(session, tenant_id))
+
+
+@router.patch("/tenants/{tenant_id}", response_model=TenantOut)
+def update_tenant(tenant_id: int, body: TenantPatch, session: SessionDep, actor: AdminDep) -> TenantOut:
+    tenant = _tenant(session, tenant_id)
+    changes = body.model_dump(exclude_unset=True)
+    for key, value in changes.items():
+        setattr(tenant, key, value)
+    audit(session, actor, "tenant.update", tenant_id, changes)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"a tenant named {body.name!r} already exists") from None
+    return tenant_out(session, tenant)
+
+
+@router.delete("/tenants/{tenant_id}", status_code=200)
+async def delete_tenant(tenant_id: int, request: Request, actor: AdminDep) -> dict[str, int]:
+    """Delete a tenant with its keys, gallery, budgets and index files."""
+    state = get_state(request)
+
+    def run() -> int:
+        with state.gallery.tenant_lock(tenant_id), state.sessions() as session:
+            tenant = _tenant(session, tenant_id)
+            count = session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.tenant_id == tenant_id)) or 0
+            session.delete(tenant)
+            audit(session, actor, "tenant.delete", tenant_id, {"items_erased": int(count)})
+            session.commit()
+            state.indexes.drop(tenant_id)
+            return int(count)
+
+    erased = await run_in_threadpool(run)
+    state.metrics.gallery_size.labels(str(tenant_id)).set(0)
+    return {"deleted": 1, "items_erased": erased}
+
+
+@router.post("/tenants/{tenant_id}/keys", response_model=KeyIssued, status_code=201)
+def issue_key(tenant_id: int, body: KeyIn, session: SessionDep, actor: AdminDep) -> KeyIssued:
+    _tenant(session, tenant_id)
+    key = new_api_key()
+    row = ApiKey(tenant_id=tenant_id, prefix=key.prefix, secret_hash=key.secret_hash, label=body.label)
+    session.add(row)
+    session.flush()
+    audit(session, actor, "key.issue", tenant_id, {"key_id": row.id, "prefix": key.prefix, "label": body.label})
+    session.commit()
+    return KeyIssued(id=row.id, prefix=row.prefix, label=row.label, created_at=row.created_at, revoked_at=None, api_key=key.plaintext)
+
+
+@router.get("/tenants/{tenant_id}/keys", response_model=list[KeyOut])
+def list_keys(tenant_id: int, session: SessionDep, _: AdminDep) -> list[KeyOut]:
+    _tenant(session, tenant_id)
+    rows = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.id)).all()
+    return [KeyOut(id=r.id, prefix=r.prefix, label=r.label, created_at=r.created_at, revoked_at=r.revoked_at) for r in rows]
+
+
+@router.delete("/tenants/{tenant_id}/keys/{key_id}", response_model=KeyOut)
+def revoke_key(tenant_id: int, key_id: int, session: SessionDep, actor: AdminDep) -> KeyOut:
+    row = session.get(ApiKey, key_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound(f"key {key_id} of tenant {tenant_id} not found")
+    if row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+        audit(session, actor, "key.revoke", tenant_id, {"key_id": key_id, "prefix": row.prefix})
+        session.commit()
+    return KeyOut(id=row.id, prefix=row.prefix, label=row.label, created_at=row.created_at, revoked_at=row.revoked_at)
+
+
+@router.get("/tenants/{tenant_id}/privacy", response_model=PolicyOut)
+def get_privacy(tenant_id: int, session: SessionDep, _: AdminDep) -> PolicyOut:
+    _tenant(session, tenant_id)
+    row = session.get(PrivacyPolicyRow, tenant_id)
+    assert row is not None
+    return policy_out(row)
+
+
+@router.put("/tenants/{tenant_id}/privacy", response_model=PolicyOut)
+def set_privacy(tenant_id: int, body: PolicyIn, session: SessionDep, actor: AdminDep) -> PolicyOut:
+    """Applies to new records only: stored records keep the parameters they were released with."""
+    _tenant(session, tenant_id)
+    if (body.subject_delta is not None) and body.subject_epsilon is None:
+        raise InvalidInput("subject_delta needs subject_epsilon")
+    row = session.get(PrivacyPolicyRow, tenant_id)
+    assert row is not None
+    before = policy_out(row).model_dump(include={"epsilon", "delta", "subject_epsilon", "subject_delta"})
+    row.epsilon = None if body.epsilon == "inf" else float(body.epsilon)
+    row.delta = body.delta
+    row.subject_epsilon = body.subject_epsilon
+    row.subject_delta = body.subject_delta
+    after = policy_out(row)
+    fields = {"epsilon", "delta", "subject_epsilon", "subject_delta", "sigma"}
+    audit(session, actor, "privacy.update", tenant_id, {"before": before, "after": after.model_dump(include=fields)})
+    session.commit()
+    return after
+
+
+@router.get("/tenants/{tenant_id}/privacy/tradeoff")
+def privacy_tradeoff(
+    tenant_id: int,
+    request: Request,
+    session: SessionDep,
+    _: AdminDep,
+    epsilon: Annotated[list[float] | None, Query(description="candidate epsilons (default: the calibration grid)")] = None,
+) -> dict[str, Any]:
+    """Expected search quality at candidate ε, from the checkpoint's calibration file."""
+    _tenant(session, tenant_id)
+    state = get_state(request)
+    row = session.get(PrivacyPolicyRow, tenant_id)
+    assert row is not None
+    return expected_utility(state.calibration, epsilon, delta=row.delta, clip_norm=row.clip_norm)
+
+
+@router.get("/audit", response_model=list[AuditOut])
+def list_audit(
+    session: SessionDep,
+    _: AdminDep,
+    tenant_id: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: Annotated[int | None, Query(ge=1)] = None,
+) -> list[AuditOut]:
+    query = select(AuditEntry)
+    if tenant_id is not None:
+        query = query.where(AuditEntry.tenant_id == tenant_id)
+    if before_id is not None:
+        query = query.where(AuditEntry.id < before_id)
+    rows = session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit)).all()
+    return [AuditOut(id=r.id, at=r.at, actor=r.actor, action=r.action, tenant_id=r.tenant_id, details=r.details) for r in rows]

@@ -1,0 +1,208 @@
+"""Integrator API: enroll crops, search by image, list, get and erase gallery items."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from app.api.deps import SessionDep, TenantDep, get_state
+from app.api.schemas import (
+    CountOut,
+    EnrollOut,
+    EraseIn,
+    HitOut,
+    ItemMetadata,
+    ItemOut,
+    ItemPage,
+    NoiseOut,
+    SearchOut,
+    epsilon_out,
+)
+from app.core.errors import DomainError, InvalidInput, NotFound, PayloadTooLarge
+from app.db.tables import GalleryItem
+from app.services.gallery import ItemInput, SearchFilters
+from app.services.images import ImageLimits, decode_crop
+
+router = APIRouter(prefix="/v1", tags=["gallery"])
+METADATA_EXAMPLE = '[{"camera_id": "cam-1", "captured_at": "2026-11-26T08:00:00Z", "subject_ref": "track-17"}]'
+
+
+def _parse_metadata(raw: str, count: int) -> list[ItemMetadata]:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"metadata is not valid JSON: {exc.msg}") from None
+    if not isinstance(data, list):
+        raise InvalidInput("metadata must be a JSON array with one object per image, in order")
+    if len(data) != count:
+        raise InvalidInput(f"metadata has {len(data)} entries for {count} images; send one object per image")
+    parsed, errors = [], []
+    for i, entry in enumerate(data):
+        try:
+            parsed.append(ItemMetadata.model_validate(entry))
+        except ValidationError as exc:
+            errors.append({"item": i, "errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]})
+    if errors:
+        raise InvalidInput(f"invalid metadata for {len(errors)} item(s); nothing was stored", details=errors)
+    return parsed
+
+
+async def _decode_all(request: Request, files: list[UploadFile]) -> list:  # type: ignore[type-arg]
+    state = get_state(request)
+    limits = ImageLimits(max_bytes=state.settings.max_image_bytes, max_pixels=state.settings.max_image_pixels)
+    size = state.embedding.input_size
+    payloads = [(await f.read(), f.filename or f"image[{i}]", f.content_type) for i, f in enumerate(files)]
+
+    def decode() -> tuple[list, list]:  # type: ignore[type-arg]
+        crops, errors = [], []
+        for i, (data, name, ctype) in enumerate(payloads):
+            try:
+                crops.append(decode_crop(data, name=f"image[{i}] ({name})", content_type=ctype, limits=limits, size=size))
+            except DomainError as exc:
+                errors.append((i, exc))
+        return crops, errors
+
+    crops, errors = await run_in_threadpool(decode)
+    if errors:
+        statuses = {exc.status_code for _, exc in errors}
+        first = errors[0][1]
+        error = type(first)(
+            f"{len(errors)} of {len(files)} image(s) rejected; nothing was stored. First: {first.message}",
+            details=[{"item": i, "code": exc.code, "message": exc.message} for i, exc in errors],
+        )
+        if len(statuses) > 1:
+            error.status_code = 422
+        raise error
+    return crops
+
+
+@router.post("/gallery", response_model=EnrollOut, status_code=201, summary="Enroll crops (atomic: all or none)")
+async def enroll(
+    request: Request,
+    tenant: TenantDep,
+    images: Annotated[list[UploadFile], File(description="crops: JPEG, PNG or WebP")],
+    metadata: Annotated[str, Form(description="JSON array, one object per image, in order", examples=[METADATA_EXAMPLE])],
+) -> EnrollOut:
+    state = get_state(request)
+    if len(images) > state.settings.max_batch:
+        raise PayloadTooLarge(f"{len(images)} images exceeds the batch limit of {state.settings.max_batch}")
+    items_meta = _parse_metadata(metadata, len(images))
+    crops = await _decode_all(request, images)
+    started = time.perf_counter()
+    features = await state.embedding.embed(crops)
+    state.metrics.embed_seconds.labels("enroll").observe(time.perf_counter() - started)
+    state.metrics.images_embedded.labels("enroll").inc(len(crops))
+    state.metrics.batch_size.observe(len(crops))
+    items = [ItemInput(**m.model_dump()) for m in items_meta]
+    result = await run_in_threadpool(state.gallery.enroll, tenant.tenant_id, items, features)
+    state.metrics.releases.labels(str(tenant.tenant_id), result.params.mechanism).inc(len(result.ids))
+    state.metrics.gallery_size.labels(str(tenant.tenant_id)).set(state.indexes.get(tenant.tenant_id).size)
+    p = result.params
+    return EnrollOut(
+        ids=result.ids,
+        count=len(result.ids),
+        noise=NoiseOut(
+            mechanism=p.mechanism,
+            epsilon=epsilon_out(p.epsilon),
+            delta=p.delta,
+            sensitivity=p.sensitivity,
+            sigma=p.sigma,
+            clip_norm=p.clip_norm,
+            library=p.library,
+        ),
+        warning="epsilon is inf: features were stored WITHOUT differential-privacy noise" if math.isinf(p.epsilon) else None,
+    )
+
+
+@router.post("/search", response_model=SearchOut, summary="Search the tenant's gallery with a query crop")
+async def search(
+    request: Request,
+    tenant: TenantDep,
+    image: Annotated[UploadFile, File(description="query crop (never stored)")],
+    k_form: Annotated[int | None, Form(alias="k")] = None,
+    k_query: Annotated[int | None, Query(alias="k")] = None,
+    camera_ids: Annotated[str | None, Form(description="comma-separated camera ids")] = None,
+    captured_from: Annotated[datetime | None, Form()] = None,
+    captured_to: Annotated[datetime | None, Form()] = None,
+    min_score: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+    subject_ref: Annotated[str | None, Form()] = None,
+) -> SearchOut:
+    state = get_state(request)
+    k = k_form if k_form is not None else (k_query if k_query is not None else 10)
+    if not 1 <= k <= 100:
+        raise InvalidInput(f"k must be between 1 and 100, got {k}")
+    crops = await _decode_all(request, [image])
+    started = time.perf_counter()
+    query = await state.embedding.embed(crops)
+    state.metrics.embed_seconds.labels("search").observe(time.perf_counter() - started)
+    state.metrics.images_embedded.labels("search").inc(1)
+    filters = SearchFilters(
+        camera_ids=[c.strip() for c in camera_ids.split(",") if c.strip()] if camera_ids else None,
+        captured_from=captured_from,
+        captured_to=captured_to,
+        min_score=min_score,
+        subject_ref=subject_ref,
+    )
+    hits = await run_in_threadpool(state.gallery.search, tenant.tenant_id, query[0], k, filters)
+    return SearchOut(k=k, hits=[HitOut(**ItemOut.of(h.item).model_dump(), score=h.score) for h in hits])
+
+
+@router.get("/gallery/{item_id}", response_model=ItemOut)
+def get_item(item_id: int, tenant: TenantDep, session: SessionDep) -> ItemOut:
+    row = session.get(GalleryItem, item_id)
+    if row is None or row.tenant_id != tenant.tenant_id:
+        raise NotFound(f"gallery item {item_id} not found")
+    return ItemOut.of(row)
+
+
+@router.get("/gallery", response_model=ItemPage, summary="List items (cursor pagination by id)")
+def list_items(
+    tenant: TenantDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after_id: Annotated[int, Query(ge=0)] = 0,
+    camera_id: str | None = None,
+    subject_ref: str | None = None,
+    captured_from: datetime | None = None,
+    captured_to: datetime | None = None,
+) -> ItemPage:
+    query = select(GalleryItem).where(GalleryItem.tenant_id == tenant.tenant_id, GalleryItem.id > after_id)
+    if camera_id is not None:
+        query = query.where(GalleryItem.camera_id == camera_id)
+    if subject_ref is not None:
+        query = query.where(GalleryItem.subject_ref == subject_ref)
+    if captured_from is not None:
+        query = query.where(GalleryItem.captured_at >= captured_from)
+    if captured_to is not None:
+        query = query.where(GalleryItem.captured_at <= captured_to)
+    rows = session.scalars(query.order_by(GalleryItem.id).limit(limit + 1)).all()
+    page = rows[:limit]
+    return ItemPage(items=[ItemOut.of(r) for r in page], next_after_id=page[-1].id if len(rows) > limit else None)
+
+
+@router.delete("/gallery/{item_id}", response_model=CountOut)
+async def delete_item(request: Request, item_id: int, tenant: TenantDep) -> CountOut:
+    state = get_state(request)
+    deleted = await run_in_threadpool(state.gallery.delete_items, tenant.tenant_id, [item_id])
+    if deleted == 0:
+        raise NotFound(f"gallery item {item_id} not found")
+    state.metrics.gallery_size.labels(str(tenant.tenant_id)).set(state.indexes.get(tenant.tenant_id).size)
+    return CountOut(deleted=deleted)
+
+
+@router.post("/gallery/erase", response_model=CountOut, summary="Erase items by subject and/or capture time")
+async def erase(request: Request, body: EraseIn, tenant: TenantDep) -> CountOut:
+    if body.subject_ref is None and body.before is None:
+        raise InvalidInput("give subject_ref and/or before; erasing a whole gallery is an admin operation (delete the tenant)")
+    state = get_state(request)
+    deleted = await run_in_threadpool(state.gallery.erase, tenant.tenant_id, subject_ref=body.subject_ref, before=body.before)
+    state.metrics.gallery_size.labels(str(tenant.tenant_id)).set(state.indexes.get(tenant.tenant_id).size)
+    return CountOut(deleted=deleted)

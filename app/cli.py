@@ -1,0 +1,35 @@
+"""``reid-gallery``: serve the API or run database migrations."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="reid-gallery", description="privacy-protected Re-ID gallery service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the HTTP service (settings from REID_* variables)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    sub.add_parser("migrate", help="alembic upgrade head on REID_DATABASE_URL")
+    args = parser.parse_args(argv)
+
+    from app.core.config import get_settings
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "migrate":
+        from app.db.session import run_migrations
+
+        run_migrations(settings.resolved_database_url)
+        return
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=True)
+
+
+if __name__ == "__main__":
+    main()

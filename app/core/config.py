@@ -1,0 +1,60 @@
+"""Service settings: one ``Settings`` read from ``REID_*`` environment variables."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment (prefix ``REID_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="REID_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="index files, the embedded SQLite database and the generated admin key")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file DATA_DIR/reid.db")
+    auto_migrate: bool = Field(True, description="run Alembic migrations at start (compose runs them as a job instead)")
+    admin_key: SecretStr | None = Field(None, description="operator key for /v1/admin (X-Admin-Key)")
+    admin_key_file: Path | None = Field(None, description="file holding the operator key (Docker secret)")
+    checkpoint: Path | None = Field(None, description="encoder checkpoint; default: the shipped stage-one model")
+    allow_untrained: bool = Field(True, description="fall back to a labelled untrained encoder when no checkpoint exists")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the encoder runs")
+    max_batch: int = Field(256, ge=1, le=4096, description="most crops per enrollment request")
+    max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="largest accepted file per crop")
+    max_image_pixels: int = Field(4096 * 4096, ge=64, description="largest accepted width x height per crop")
+    max_request_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="largest accepted request body")
+    encode_batch: int = Field(64, ge=1, description="crops per encoder forward pass")
+    default_epsilon: float = Field(math.inf, gt=0, description="epsilon for new tenants until an operator sets one (inf: no noise)")
+    default_delta: float = Field(1e-5, gt=0, lt=1, description="delta for new tenants")
+    clip_norm: float = Field(1.0, gt=0, description="features are clipped to this L2 norm (sensitivity 2C)")
+    index_type: Literal["flat", "ivf"] = Field("flat", description="per-tenant FAISS index: exact inner product or IVF")
+    ivf_nlist: int = Field(1024, ge=1, description="IVF lists (index_type=ivf)")
+    ivf_nprobe: int = Field(32, ge=1, description="IVF lists probed per search")
+    index_save_seconds: float = Field(30.0, gt=0, description="how often changed indexes are saved")
+    retention_interval_seconds: float = Field(3600.0, gt=0, description="how often expired records are purged")
+    log_level: str = Field("INFO", description="logging level")
+
+    @field_validator("default_epsilon", mode="before")
+    @classmethod
+    def _parse_inf(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in {"inf", "infinity"}:
+            return math.inf
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'reid.db').resolve()}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,113 @@
+"""SQL tables (SQLAlchemy 2.0). SQL is the source of truth; FAISS ids are gallery_items.id."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# BigInteger ids on PostgreSQL, INTEGER PRIMARY KEY (rowid) on SQLite.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class PrivacyPolicyRow(Base):
+    """A tenant's current privacy policy; ``epsilon`` NULL means no noise (ε = ∞, explicit)."""
+
+    __tablename__ = "privacy_policies"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    delta: Mapped[float] = mapped_column(Float)
+    clip_norm: Mapped[float] = mapped_column(Float, default=1.0)
+    subject_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    subject_delta: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class GalleryItem(Base):
+    """One enrolled crop: only its noisy feature, the noise it was released with, and metadata."""
+
+    __tablename__ = "gallery_items"
+    __table_args__ = (
+        Index("ix_gallery_tenant_subject", "tenant_id", "subject_ref"),
+        Index("ix_gallery_tenant_captured", "tenant_id", "captured_at"),
+        Index("ix_gallery_tenant_created", "tenant_id", "created_at"),
+        {"sqlite_autoincrement": True},  # never reuse an erased item's id
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    camera_id: Mapped[str] = mapped_column(String(200))
+    captured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    subject_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    track_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    feature: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, noisy
+    mechanism: Mapped[str] = mapped_column(String(50))
+    epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL: ε = ∞
+    delta: Mapped[float] = mapped_column(Float)
+    sensitivity: Mapped[float] = mapped_column(Float)
+    sigma: Mapped[float] = mapped_column(Float)
+    clip_norm: Mapped[float] = mapped_column(Float)
+    noise_library: Mapped[str] = mapped_column(String(200))
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SubjectBudget(Base):
+    """Privacy spent on one subject/track reference: μ² of μ-GDP adds up over releases."""
+
+    __tablename__ = "subject_budgets"
+    __table_args__ = (UniqueConstraint("tenant_id", "subject_ref"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    subject_ref: Mapped[str] = mapped_column(String(200))
+    mu_squared: Mapped[float] = mapped_column(Float, default=0.0)
+    releases: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    tenant_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -1,0 +1,204 @@
+"""Application factory: the lifespan builds engine, encoder, indexes and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.formparsers import MultiPartParser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.config import Settings, get_settings
+from app.core.errors import error_body, install_error_handlers
+from app.core.metrics import Metrics
+from app.index.faiss_store import IndexConfig, IndexRegistry
+from app.services.embedding import EmbeddingService
+from app.services.gallery import GalleryService
+
+log = logging.getLogger("reid.app")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    embedding: EmbeddingService
+    indexes: IndexRegistry
+    gallery: GalleryService
+    metrics: Metrics
+    admin_key: str
+    calibration: dict[str, Any] | None
+    indexes_ready: bool = False
+
+
+def resolve_admin_key(settings: Settings) -> str:
+    """Settings, then a secret file, else a generated key written to DATA_DIR/admin.key (0600)."""
+    if settings.admin_key is not None:
+        return settings.admin_key.get_secret_value()
+    if settings.admin_key_file is not None:
+        return settings.admin_key_file.read_text().strip()
+    path = settings.data_dir / "admin.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+        log.warning("no REID_ADMIN_KEY set: generated an admin key in %s", path)
+    return path.read_text().strip()
+
+
+class BodyLimitMiddleware:
+    """Answer 413 once a request body exceeds ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_413(send, self.max_bytes)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _send_413(send, self.max_bytes)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_413(send: Send, limit: int) -> None:
+    import json
+
+    body = json.dumps(error_body("payload_too_large", f"request body exceeds {limit} bytes")).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None, *, embedder: Any = None) -> FastAPI:
+    """Build the app. ``embedder`` overrides checkpoint loading (tests use a tiny one)."""
+    settings = settings or get_settings()
+    MultiPartParser.spool_max_size = settings.max_request_bytes  # keep uploads in memory, never spooled to disk
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await run_in_threadpool(build_state, settings, embedder)
+        app.state.reid = state
+        actions = await run_in_threadpool(state.gallery.sync_indexes)
+        for tenant_id, action in actions.items():
+            state.metrics.gallery_size.labels(str(tenant_id)).set(state.indexes.get(tenant_id).size)
+            log.info("tenant %s index %s (%d items)", tenant_id, action, state.indexes.get(tenant_id).size)
+        state.indexes_ready = True
+        tasks = [asyncio.create_task(_periodic(settings.index_save_seconds, state.indexes.save_all, "index save"))]
+        tasks.append(asyncio.create_task(_periodic(settings.retention_interval_seconds, lambda: _purge(state), "retention")))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await run_in_threadpool(state.indexes.save_all)
+            state.embedding.close()
+            state.engine.dispose()
+
+    app = FastAPI(
+        title="Re-ID gallery",
+        version="0.1.0",
+        description="Privacy-protected person re-identification gallery: enroll crops as differentially private features, search by image.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    from app.api.routes import admin, gallery, health
+
+    app.include_router(health.router)
+    app.include_router(gallery.router)
+    app.include_router(admin.router)
+
+    @app.middleware("http")
+    async def _timing(request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        response = await call_next(request)
+        state = getattr(request.app.state, "reid", None)
+        route = request.scope.get("route")
+        if state is not None:
+            path = getattr(route, "path", "unmatched")
+            state.metrics.request_seconds.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - started)
+        return response
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    return app
+
+
+def build_state(settings: Settings, embedder: Any = None) -> AppState:
+    """Blocking start-up work: migrations, engine, encoder, registries."""
+    from app.db.session import make_engine, make_session_factory, run_migrations
+    from app.services.calibration import load_calibration
+    from app.services.embedding import load_embedder
+    from models import DEFAULT_CHECKPOINT
+    from models.privacy.mechanism import GaussianMechanism
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    if settings.auto_migrate:
+        run_migrations(url)
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    if embedder is None:
+        embedder = load_embedder(settings.checkpoint, device=settings.device, allow_untrained=settings.allow_untrained)
+    checkpoint = settings.checkpoint or (DEFAULT_CHECKPOINT if not embedder.untrained else None)
+    indexes = IndexRegistry(
+        directory=settings.index_dir,
+        config=IndexConfig(dim=embedder.embedding_dim, kind=settings.index_type, nlist=settings.ivf_nlist, nprobe=settings.ivf_nprobe),
+    )
+    gallery = GalleryService(sessions=sessions, indexes=indexes, mechanism=GaussianMechanism(), model_sha256=embedder.sha256)
+    return AppState(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        embedding=EmbeddingService(embedder=embedder, batch_size=settings.encode_batch),
+        indexes=indexes,
+        gallery=gallery,
+        metrics=Metrics(),
+        admin_key=resolve_admin_key(settings),
+        calibration=load_calibration(checkpoint) if not embedder.untrained else None,
+    )
+
+
+def _purge(state: AppState) -> None:
+    for tenant_id, count in state.gallery.purge_expired().items():
+        state.metrics.purged.labels(str(tenant_id)).inc(count)
+        log.info("retention purged %d items of tenant %s", count, tenant_id)
+
+
+async def _periodic(seconds: float, work: Any, name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await run_in_threadpool(work)
+        except Exception:  # a failed round must not stop the loop; logged with traceback
+            log.exception("%s failed", name)

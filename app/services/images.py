@@ -1,0 +1,59 @@
+"""Defensive decoding of uploaded crops: size caps, allowed formats, bomb guard, EXIF, RGB."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+ALLOWED_CONTENT_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream", ""}
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+def decode_crop(data: bytes, *, name: str, content_type: str | None, limits: ImageLimits, size: tuple[int, int]) -> torch.Tensor:
+    """Validate and decode one crop to uint8 ``[3, H, W]`` at the encoder's input ``size``.
+
+    Raises a 4xx domain error naming ``name`` for empty, oversized, undecodable,
+    disallowed or over-large (decompression-bomb) images.
+    """
+    from models.data.transforms import pil_to_uint8
+
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype not in ALLOWED_CONTENT_TYPES:
+        raise UnsupportedMediaType(f"{name}: content type {ctype!r} is not an accepted image type (JPEG, PNG, WebP)", details={"item": name})
+    if len(data) == 0:
+        raise InvalidImage(f"{name}: empty file", details={"item": name})
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"{name}: {len(data)} bytes exceeds the {limits.max_bytes}-byte limit per image", details={"item": name})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format not in ALLOWED_FORMATS:
+                    raise UnsupportedMediaType(f"{name}: image format {img.format} is not accepted (JPEG, PNG, WebP)", details={"item": name})
+                width, height = img.size
+                if width * height > limits.max_pixels:
+                    raise PayloadTooLarge(f"{name}: {width}x{height} pixels exceeds the {limits.max_pixels}-pixel limit", details={"item": name})
+                img.draft("RGB", (size[1] * 2, size[0] * 2))  # JPEG: decode at reduced scale when possible
+                oriented = ImageOps.exif_transpose(img)
+                rgb = oriented.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PayloadTooLarge(
+            f"{name}: image dimensions exceed the {limits.max_pixels}-pixel limit (decompression bomb guard)", details={"item": name}
+        ) from None
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(f"{name}: not a decodable JPEG, PNG or WebP image", details={"item": name, "reason": type(exc).__name__}) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"{name}: corrupt or truncated image", details={"item": name, "reason": type(exc).__name__}) from None
+    return pil_to_uint8(rgb, size)

@@ -1,0 +1,128 @@
+"""Encoder-only checkpoints: save with metadata, load strictly, embed image batches.
+
+This is the seam the service uses: ``load_encoder(path, device)`` returns an
+:class:`Embedder` whose ``embed`` maps uint8 crops to L2-normalised features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.data.transforms import eval_transform
+from models.encoder import ReIDEncoder
+
+FORMAT = "reid-encoder/1"
+
+
+def save_encoder(encoder: ReIDEncoder, path: str | Path, metadata: dict[str, Any]) -> None:
+    """Write ``{"format", "state_dict", "metadata"}``; atomic (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+        "metadata": metadata,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available")
+    return torch.device(device)
+
+
+@dataclass
+class Embedder:
+    """An encoder in eval mode on its device, with the metadata it was exported with."""
+
+    model: ReIDEncoder
+    device: torch.device
+    input_size: tuple[int, int]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+    untrained: bool = False
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.embedding_dim
+
+    @torch.inference_mode()
+    def embed(self, images_uint8: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """uint8 ``[N, 3, H, W]`` (any H, W) -> float32 ``[N, D]`` L2-normalised features."""
+        outputs = []
+        use_amp = self.device.type == "cuda"
+        for start in range(0, images_uint8.shape[0], batch_size):
+            chunk = images_uint8[start : start + batch_size].to(self.device, non_blocking=True)
+            x = eval_transform(chunk, self.input_size)
+            if use_amp:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=use_amp):
+                feats = self.model(x)
+            outputs.append(torch.nn.functional.normalize(feats.float(), dim=1).cpu())
+        if not outputs:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        return torch.cat(outputs).numpy().astype(np.float32, copy=False)
+
+
+def _prepare(model: ReIDEncoder, device: torch.device) -> ReIDEncoder:
+    model.eval().requires_grad_(False)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model
+
+
+def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
+    """Load an encoder-only checkpoint strictly; raises on any missing or extra key."""
+    path = Path(path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} encoder checkpoint")
+    meta = payload["metadata"]
+    model = ReIDEncoder(
+        backbone=meta["backbone"],
+        embedding_dim=int(meta["embedding_dim"]),
+        pretrained=False,
+        last_stride=int(meta.get("last_stride", 1)),
+    )
+    model.load_state_dict(payload["state_dict"], strict=True)
+    dev = resolve_device(device)
+    return Embedder(
+        model=_prepare(model, dev),
+        device=dev,
+        input_size=(int(meta["input_size"][0]), int(meta["input_size"][1])),
+        metadata=meta,
+        sha256=file_sha256(path),
+    )
+
+
+def untrained_encoder(
+    device: str = "cpu", *, backbone: str = "mobilenet_v2", embedding_dim: int = 512, input_size: tuple[int, int] = (128, 64), seed: int = 0
+) -> Embedder:
+    """A clearly labelled random-weight encoder (fallback and tests); never for real use."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ReIDEncoder(backbone=backbone, embedding_dim=embedding_dim, pretrained=False)
+    dev = resolve_device(device)
+    meta = {"backbone": backbone, "embedding_dim": embedding_dim, "input_size": list(input_size), "name": "untrained-fallback"}
+    return Embedder(model=_prepare(model, dev), device=dev, input_size=input_size, metadata=meta, untrained=True)

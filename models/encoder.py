@@ -1,0 +1,54 @@
+"""The deployed Re-ID encoder: backbone, global pooling, embedding, BNNeck.
+
+This module is everything that ships; the classifier, De-ID decoder and Adv-ID adversary
+live in the training wrapper (``models.training``) and never enter a checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.backbones import build_backbone
+
+
+class ReIDEncoder(nn.Module):
+    """Backbone -> GAP -> linear embedding -> BNNeck.
+
+    ``forward`` returns L2-normalised BNNeck features in eval mode; in training mode it
+    returns ``(pre_bn, post_bn)`` (triplet loss on the first, classifier on the second).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "mobilenet_v2",
+        embedding_dim: int = 512,
+        pretrained: bool = False,
+        backbone_weights: str | None = None,
+        last_stride: int = 1,
+    ) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.embedding_dim = embedding_dim
+        self.backbone, channels = build_backbone(backbone, pretrained=pretrained, weights_path=backbone_weights, last_stride=last_stride)
+        self.embedding = nn.Linear(channels, embedding_dim, bias=False)
+        nn.init.kaiming_normal_(self.embedding.weight, mode="fan_out")
+        self.bnneck = nn.BatchNorm1d(embedding_dim)
+        self.bnneck.bias.requires_grad_(False)
+        nn.init.constant_(self.bnneck.weight, 1.0)
+        nn.init.constant_(self.bnneck.bias, 0.0)
+
+    def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (pre-BN embedding, post-BN embedding)."""
+        maps = self.backbone(images)
+        pooled = F.adaptive_avg_pool2d(maps, 1).flatten(1)
+        pre_bn = self.embedding(pooled)
+        return pre_bn, self.bnneck(pre_bn)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        _, post_bn = self.forward_train(images)
+        if self.training:
+            return post_bn
+        return F.normalize(post_bn.float(), dim=1)
