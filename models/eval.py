@@ -42,8 +42,9 @@ def split_features(embedder: Embedder, data: Path) -> dict[str, np.ndarray]:
     }
 
 
-def evaluate_features(f: dict[str, np.ndarray], *, attackers: bool = True) -> dict[str, Any]:
-    result: dict[str, Any] = dict(evaluate_rankings(cosine_distance(f["qf"], f["gf"]), f["q_pids"], f["g_pids"], f["q_cams"], f["g_cams"]))
+def evaluate_features(f: dict[str, np.ndarray], *, attackers: bool = True, ap_cutoff: int | None = None) -> dict[str, Any]:
+    distances = cosine_distance(f["qf"], f["gf"])
+    result: dict[str, Any] = dict(evaluate_rankings(distances, f["q_pids"], f["g_pids"], f["q_cams"], f["g_cams"], ap_cutoff=ap_cutoff))
     if attackers:
         for kind in ("linear", "mlp"):
             result[f"id_acc_{kind}"] = id_accuracy(f["gf"], f["g_pids"], f["qf"], f["q_pids"], kind=kind)
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the metrics here")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-attackers", action="store_true", help="skip the ID-accuracy attackers")
+    p.add_argument("--ap-cutoff", type=int, help="also report mAP@K (what a top-K search answer allows)")
     p.add_argument("--training-checkpoint", type=Path, help="full training state (with decoder) for --grid")
     p.add_argument("--grid", type=Path, help="PNG grid of original / obfuscated target / reconstruction")
     p.add_argument("--tsne", type=Path, help="PNG t-SNE of 30 test identities")
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     embedder = load_encoder(args.checkpoint, args.device)
     feats = split_features(embedder, args.data)
-    result = evaluate_features(feats, attackers=not args.no_attackers)
+    result = evaluate_features(feats, attackers=not args.no_attackers, ap_cutoff=args.ap_cutoff)
     result["checkpoint"] = str(args.checkpoint)
     result["checkpoint_sha256"] = embedder.sha256
     if args.grid and args.training_checkpoint:

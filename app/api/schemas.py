@@ -167,7 +167,8 @@ class TenantOut(BaseModel):
     name: str
     retention_days: int | None
     created_at: datetime
-    gallery_size: int
+    gallery_size: int = Field(description="items in SQL (the source of truth)")
+    index_size: int = Field(description="vectors in the tenant's FAISS index; equals gallery_size when consistent")
     privacy: PolicyOut
 
 

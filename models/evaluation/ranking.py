@@ -13,6 +13,7 @@ def evaluate_rankings(
     gallery_cams: np.ndarray,
     *,
     max_rank: int = 10,
+    ap_cutoff: int | None = None,
 ) -> dict[str, float]:
     """Evaluate a query x gallery distance matrix (smaller is closer).
 
@@ -20,6 +21,10 @@ def evaluate_rankings(
     ignored; queries left without a true match are skipped. Ties are broken by gallery
     order (stable sort). Matches torchreid's ``eval_market1501`` (rank-k, mAP) and
     fast-reid's mINP definition. Returns fractions in [0, 1] and ``num_valid_queries``.
+
+    With ``ap_cutoff=K`` it also reports ``mAP@K``: AP counting only matches among the
+    first K gallery items of the raw ranking (junk included in the K), divided by all of
+    the query's matches, which is what a top-K search answer allows one to compute.
     """
     distmat = np.asarray(distmat)
     q_pids, g_pids = np.asarray(query_pids), np.asarray(gallery_pids)
@@ -44,7 +49,7 @@ def evaluate_rankings(
     # "before" is a smaller distance or an equal distance at a lower gallery index.
     width = int(num_rel.max())
     gallery_index = np.arange(num_g)
-    first_hit, average_precision, inverse_negative_penalty = [], [], []
+    first_hit, average_precision, inverse_negative_penalty, truncated_ap = [], [], [], []
     for start in range(0, num_q, 128):
         rows = np.flatnonzero(valid[start : start + 128]) + start
         if rows.size == 0:
@@ -58,14 +63,19 @@ def evaluate_rankings(
         before = (dist[:, None, :] < match_dist[:, :, None]) | (
             (dist[:, None, :] == match_dist[:, :, None]) & (gallery_index[None, None, :] < order[:, :, None])
         )
+        raw_ranks = before.sum(axis=2)
         before &= ~junk[rows][:, None, :]
         ranks = np.where(present, before.sum(axis=2), np.iinfo(np.int64).max)
-        ranks.sort(axis=1)
+        sort_order = np.argsort(ranks, axis=1, kind="stable")
+        ranks = np.take_along_axis(ranks, sort_order, axis=1)
+        raw_ranks = np.take_along_axis(raw_ranks, sort_order, axis=1)
         count = present.sum(axis=1)
         hits = np.arange(1, width + 1)[None, :]
         precision = np.where(hits <= count[:, None], hits / (np.minimum(ranks, num_g) + 1.0), 0.0)
         first_hit.append(ranks[:, 0])
         average_precision.append(precision.sum(axis=1) / count)
+        if ap_cutoff is not None:
+            truncated_ap.append(np.where(raw_ranks < ap_cutoff, precision, 0.0).sum(axis=1) / count)
         last = np.take_along_axis(ranks, (count - 1)[:, None], axis=1)[:, 0]
         inverse_negative_penalty.append(count / (last + 1.0))
     first = np.concatenate(first_hit)
@@ -73,6 +83,8 @@ def evaluate_rankings(
         result[f"rank{k}"] = float(np.mean(first < k))
     result["mAP"] = float(np.concatenate(average_precision).mean())
     result["mINP"] = float(np.concatenate(inverse_negative_penalty).mean())
+    if ap_cutoff is not None:
+        result[f"mAP@{ap_cutoff}"] = float(np.concatenate(truncated_ap).mean())
     return result
 
 

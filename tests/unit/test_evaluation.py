@@ -115,3 +115,13 @@ def test_full_size_is_fast():
 
 
 KNOWN_50x300 = {"rank1": 0.04, "mAP": 0.03941079996315413, "mINP": 0.02626827643420957}
+
+
+def test_truncated_map_counts_only_the_first_k_raw_items():
+    # raw ranking: junk, miss, match, miss, match  (query id 1, cam 0)
+    dist = np.array([[0.0, 0.1, 0.2, 0.3, 0.4]])
+    args = (np.array([1]), np.array([1, 2, 1, 3, 1]), np.array([0]), np.array([0, 1, 1, 1, 1]))
+    full = evaluate_rankings(dist, *args, ap_cutoff=3)
+    assert full["mAP"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert full["mAP@3"] == pytest.approx((1 / 2) / 2)
+    assert evaluate_rankings(dist, *args, ap_cutoff=5)["mAP@5"] == pytest.approx(full["mAP"])

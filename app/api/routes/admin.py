@@ -52,7 +52,7 @@ def _tenant(session: Session, tenant_id: int) -> Tenant:
     return tenant
 
 
-def tenant_out(session: Session, tenant: Tenant) -> TenantOut:
+def tenant_out(session: Session, tenant: Tenant, index_size: int) -> TenantOut:
     size = session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.tenant_id == tenant.id)) or 0
     policy = session.get(PrivacyPolicyRow, tenant.id)
     assert policy is not None
@@ -62,6 +62,7 @@ def tenant_out(session: Session, tenant: Tenant) -> TenantOut:
         retention_days=tenant.retention_days,
         created_at=tenant.created_at,
         gallery_size=int(size),
+        index_size=index_size,
         privacy=policy_out(policy),
     )
 
@@ -87,21 +88,22 @@ def create_tenant(body: TenantIn, request: Request, session: SessionDep, actor: 
     )
     audit(session, actor, "tenant.create", tenant.id, {"name": body.name, "retention_days": body.retention_days})
     session.commit()
-    return tenant_out(session, tenant)
+    return tenant_out(session, tenant, get_state(request).indexes.get(tenant.id).size)
 
 
 @router.get("/tenants", response_model=list[TenantOut])
-def list_tenants(session: SessionDep, _: AdminDep) -> list[TenantOut]:
-    return [tenant_out(session, t) for t in session.scalars(select(Tenant).order_by(Tenant.id)).all()]
+def list_tenants(request: Request, session: SessionDep, _: AdminDep) -> list[TenantOut]:
+    indexes = get_state(request).indexes
+    return [tenant_out(session, t, indexes.get(t.id).size) for t in session.scalars(select(Tenant).order_by(Tenant.id)).all()]
 
 
 @router.get("/tenants/{tenant_id}", response_model=TenantOut)
-def get_tenant(tenant_id: int, session: SessionDep, _: AdminDep) -> TenantOut:
-    return tenant_out(session, _tenant(session, tenant_id))
+def get_tenant(tenant_id: int, request: Request, session: SessionDep, _: AdminDep) -> TenantOut:
+    return tenant_out(session, _tenant(session, tenant_id), get_state(request).indexes.get(tenant_id).size)
 
 
 @router.patch("/tenants/{tenant_id}", response_model=TenantOut)
-def update_tenant(tenant_id: int, body: TenantPatch, session: SessionDep, actor: AdminDep) -> TenantOut:
+def update_tenant(tenant_id: int, body: TenantPatch, request: Request, session: SessionDep, actor: AdminDep) -> TenantOut:
     tenant = _tenant(session, tenant_id)
     changes = body.model_dump(exclude_unset=True)
     for key, value in changes.items():
@@ -112,7 +114,7 @@ def update_tenant(tenant_id: int, body: TenantPatch, session: SessionDep, actor:
     except IntegrityError:
         session.rollback()
         raise Conflict(f"a tenant named {body.name!r} already exists") from None
-    return tenant_out(session, tenant)
+    return tenant_out(session, tenant, get_state(request).indexes.get(tenant.id).size)
 
 
 @router.delete("/tenants/{tenant_id}", status_code=200)
