@@ -169,7 +169,7 @@ class TenantOut(BaseModel):
     created_at: datetime
     gallery_size: int = Field(description="items in SQL (the source of truth)")
     index_size: int = Field(description="vectors in the tenant's FAISS index; equals gallery_size when consistent")
-    privacy: PolicyOut
+    privacy: PolicyOut | None = Field(description="null until an operator sets a policy; enrollment is refused until then")
 
 
 class KeyIn(BaseModel):

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=64, description="largest accepted width x height per crop")
     max_request_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="largest accepted request body")
     encode_batch: int = Field(64, ge=1, description="crops per encoder forward pass")
-    default_epsilon: float = Field(math.inf, gt=0, description="epsilon for new tenants until an operator sets one (inf: no noise)")
+    default_epsilon: float | None = Field(
+        None, gt=0, description="finite epsilon given to new tenants; unset: enrollment is refused until an operator sets a policy"
+    )
     default_delta: float = Field(1e-5, gt=0, lt=1, description="delta for new tenants")
     clip_norm: float = Field(1.0, gt=0, description="features are clipped to this L2 norm (sensitivity 2C)")
     index_type: Literal["flat", "ivf"] = Field("flat", description="per-tenant FAISS index: exact inner product or IVF")
@@ -39,11 +41,11 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(3600.0, gt=0, description="how often expired records are purged")
     log_level: str = Field("INFO", description="logging level")
 
-    @field_validator("default_epsilon", mode="before")
+    @field_validator("default_epsilon")
     @classmethod
-    def _parse_inf(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().lower() in {"inf", "infinity"}:
-            return math.inf
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("no-noise (inf) must be set per tenant by an operator, never as a default")
         return value
 
     @property

@@ -14,7 +14,7 @@ import torch
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.errors import NotFound, PrivacyBudgetExceeded
+from app.core.errors import Conflict, PrivacyBudgetExceeded
 from app.db.tables import GalleryItem, PrivacyPolicyRow, SubjectBudget, Tenant
 from app.index.faiss_store import IndexRegistry
 from app.services.privacy import BudgetCheck, TenantPolicy, release_mu_squared
@@ -73,7 +73,7 @@ def as_utc(value: datetime) -> datetime:
 def load_policy(session: Session, tenant_id: int) -> TenantPolicy:
     row = session.get(PrivacyPolicyRow, tenant_id)
     if row is None:
-        raise NotFound(f"tenant {tenant_id} has no privacy policy")
+        raise Conflict("this tenant has no privacy policy yet: an operator must set one (PUT /v1/admin/tenants/{id}/privacy); nothing was stored")
     return TenantPolicy(
         epsilon=math.inf if row.epsilon is None else row.epsilon,
         delta=row.delta,

@@ -65,3 +65,26 @@ def test_tradeoff_without_calibration_says_so(client):
     tenant_id, _ = make_tenant(client, "tradeoff")
     body = client.get(f"/v1/admin/tenants/{tenant_id}/privacy/tradeoff", headers=ADMIN).json()
     assert body["available"] is False and "calibration" in body["reason"]
+
+
+def test_new_tenant_has_no_policy_and_enrollment_is_refused_until_set(client):
+    from tests.api.helpers import enroll
+
+    created = client.post("/v1/admin/tenants", json={"name": "fresh"}, headers=ADMIN).json()
+    assert created["privacy"] is None
+    key = client.post(f"/v1/admin/tenants/{created['id']}/keys", json={}, headers=ADMIN).json()["api_key"]
+    refused = enroll(client, key, [1])
+    assert refused.status_code == 409 and "no privacy policy" in refused.json()["error"]["message"]
+    assert client.get(f"/v1/admin/tenants/{created['id']}/privacy", headers=ADMIN).status_code == 404
+    assert client.put(f"/v1/admin/tenants/{created['id']}/privacy", json={"epsilon": 8}, headers=ADMIN).status_code == 200
+    assert enroll(client, key, [1]).status_code == 201
+
+
+def test_settings_refuse_a_no_noise_default():
+    import pytest
+    from pydantic import ValidationError
+
+    from app.core.config import Settings
+
+    with pytest.raises(ValidationError):
+        Settings(default_epsilon=float("inf"))

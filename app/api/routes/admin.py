@@ -52,10 +52,16 @@ def _tenant(session: Session, tenant_id: int) -> Tenant:
     return tenant
 
 
+def _policy(session: Session, tenant_id: int) -> PrivacyPolicyRow:
+    row = session.get(PrivacyPolicyRow, tenant_id)
+    if row is None:
+        raise NotFound(f"tenant {tenant_id} has no privacy policy yet; PUT /v1/admin/tenants/{tenant_id}/privacy")
+    return row
+
+
 def tenant_out(session: Session, tenant: Tenant, index_size: int) -> TenantOut:
     size = session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.tenant_id == tenant.id)) or 0
     policy = session.get(PrivacyPolicyRow, tenant.id)
-    assert policy is not None
     return TenantOut(
         id=tenant.id,
         name=tenant.name,
@@ -63,7 +69,7 @@ def tenant_out(session: Session, tenant: Tenant, index_size: int) -> TenantOut:
         created_at=tenant.created_at,
         gallery_size=int(size),
         index_size=index_size,
-        privacy=policy_out(policy),
+        privacy=policy_out(policy) if policy is not None else None,
     )
 
 
@@ -77,15 +83,10 @@ def create_tenant(body: TenantIn, request: Request, session: SessionDep, actor: 
     except IntegrityError:
         session.rollback()
         raise Conflict(f"a tenant named {body.name!r} already exists") from None
-    epsilon = settings.default_epsilon
-    session.add(
-        PrivacyPolicyRow(
-            tenant_id=tenant.id,
-            epsilon=None if math.isinf(epsilon) else epsilon,
-            delta=settings.default_delta,
-            clip_norm=settings.clip_norm,
+    if settings.default_epsilon is not None:
+        session.add(
+            PrivacyPolicyRow(tenant_id=tenant.id, epsilon=settings.default_epsilon, delta=settings.default_delta, clip_norm=settings.clip_norm)
         )
-    )
     audit(session, actor, "tenant.create", tenant.id, {"name": body.name, "retention_days": body.retention_days})
     session.commit()
     return tenant_out(session, tenant, get_state(request).indexes.get(tenant.id).size)
@@ -171,20 +172,21 @@ def revoke_key(tenant_id: int, key_id: int, session: SessionDep, actor: AdminDep
 @router.get("/tenants/{tenant_id}/privacy", response_model=PolicyOut)
 def get_privacy(tenant_id: int, session: SessionDep, _: AdminDep) -> PolicyOut:
     _tenant(session, tenant_id)
-    row = session.get(PrivacyPolicyRow, tenant_id)
-    assert row is not None
-    return policy_out(row)
+    return policy_out(_policy(session, tenant_id))
 
 
 @router.put("/tenants/{tenant_id}/privacy", response_model=PolicyOut)
-def set_privacy(tenant_id: int, body: PolicyIn, session: SessionDep, actor: AdminDep) -> PolicyOut:
+def set_privacy(tenant_id: int, body: PolicyIn, request: Request, session: SessionDep, actor: AdminDep) -> PolicyOut:
     """Applies to new records only: stored records keep the parameters they were released with."""
     _tenant(session, tenant_id)
     if (body.subject_delta is not None) and body.subject_epsilon is None:
         raise InvalidInput("subject_delta needs subject_epsilon")
     row = session.get(PrivacyPolicyRow, tenant_id)
-    assert row is not None
-    before = policy_out(row).model_dump(include={"epsilon", "delta", "subject_epsilon", "subject_delta"})
+    settings = get_state(request).settings
+    before = policy_out(row).model_dump(include={"epsilon", "delta", "subject_epsilon", "subject_delta"}) if row else None
+    if row is None:
+        row = PrivacyPolicyRow(tenant_id=tenant_id, clip_norm=settings.clip_norm)
+        session.add(row)
     row.epsilon = None if body.epsilon == "inf" else float(body.epsilon)
     row.delta = body.delta
     row.subject_epsilon = body.subject_epsilon
@@ -207,8 +209,7 @@ def privacy_tradeoff(
     """Expected search quality at candidate ε, from the checkpoint's calibration file."""
     _tenant(session, tenant_id)
     state = get_state(request)
-    row = session.get(PrivacyPolicyRow, tenant_id)
-    assert row is not None
+    row = _policy(session, tenant_id)
     return expected_utility(state.calibration, epsilon, delta=row.delta, clip_norm=row.clip_norm)
 
 
