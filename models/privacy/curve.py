@@ -85,6 +85,20 @@ def markdown_table(results: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- privacy-table:start -->", "<!-- privacy-table:end -->"
+
+
+def write_markdown(path: Path, table: str) -> None:
+    """Replace the table between the markers in ``path`` (or write the table alone)."""
+    text = path.read_text() if path.exists() else ""
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+    else:
+        path.write_text(table + "\n")
+
+
 def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> None:
     import matplotlib
 
@@ -128,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=3, help="noise draws per ε (at least 3 for the published table)")
     p.add_argument("--no-attacker", action="store_true", help="skip the ID-accuracy attacker (faster)")
     p.add_argument("--plot", type=Path, help="PNG: mAP and ID accuracy against ε")
-    p.add_argument("--markdown", type=Path, help="write the Markdown table here")
+    p.add_argument("--markdown", type=Path, help="Markdown file: the table replaces the one between its privacy-table markers")
     p.add_argument("--calibration", type=Path, help="write the service's calibration file for --checkpoint here")
     p.add_argument("--device", default="cpu")
     return p
@@ -157,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(payload, indent=2))
     if args.markdown:
-        args.markdown.write_text(markdown_table(results) + "\n")
+        write_markdown(args.markdown, markdown_table(results))
     if args.plot:
         plot(results, args.plot)
     if args.calibration:

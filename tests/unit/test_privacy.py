@@ -111,3 +111,29 @@ def test_mu_gdp_composition_round_trips():
     four = composed_mu([mu] * 4)
     assert four == pytest.approx(2 * mu)
     assert epsilon < epsilon_for_mu(four, delta) < 4 * epsilon
+
+
+def test_privacy_curve_rows_and_markdown_markers(tmp_path):
+    from models.privacy.curve import curve_for, markdown_table, write_markdown
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((10, 16))
+    g_pids, q_pids = np.repeat(np.arange(10), 4), np.arange(10)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    feats = {
+        "gf": unit(centres[g_pids] + 0.1 * rng.standard_normal((40, 16))),
+        "qf": unit(centres[q_pids] + 0.1 * rng.standard_normal((10, 16))),
+        "g_pids": g_pids, "q_pids": q_pids, "g_cams": np.tile([0, 1], 20), "q_cams": np.zeros(10, int),
+    }  # fmt: skip
+    rows = curve_for(feats, [1.0, 1e4, math.inf], 1e-5, draws=3, attack=False)
+    assert [r["draws"] for r in rows] == [3, 3, 1]
+    assert rows[0]["sigma"] > rows[1]["sigma"] > rows[2]["sigma"] == 0
+    assert rows[2]["rank1"]["mean"] == 1.0 and rows[0]["mAP"]["mean"] < rows[2]["mAP"]["mean"]
+    doc = tmp_path / "privacy.md"
+    doc.write_text("intro\n<!-- privacy-table:start -->\nold\n<!-- privacy-table:end -->\noutro\n")
+    write_markdown(doc, markdown_table({"m": rows}))
+    text = doc.read_text()
+    assert text.startswith("intro") and text.endswith("outro\n") and "old" not in text and "| m | inf |" in text
