@@ -57,6 +57,7 @@ class SearchFilters:
 class EnrollResult:
     ids: list[int]
     params: NoiseParameters
+    max_subject_mu_squared: float | None = None  # largest composed μ² of any subject of the tenant
 
 
 @dataclass
@@ -167,9 +168,14 @@ class GalleryService:
             session.flush()
             ids = np.array([row.id for row in rows_out], dtype=np.int64)
             session.commit()
+            max_mu_squared = (
+                session.scalar(select(func.max(SubjectBudget.mu_squared)).where(SubjectBudget.tenant_id == tenant_id))
+                if policy.has_subject_budget
+                else None
+            )
             # SQL is committed: the index follows (a crash here is repaired at start-up).
             self.indexes.get(tenant_id).add(ids, index_vectors(noisy_np))
-            return EnrollResult(ids=[int(i) for i in ids], params=params)
+            return EnrollResult(ids=[int(i) for i in ids], params=params, max_subject_mu_squared=max_mu_squared)
 
     # -- search ---------------------------------------------------------------------------
     def search(self, tenant_id: int, query: np.ndarray, k: int, filters: SearchFilters) -> list[Hit]:

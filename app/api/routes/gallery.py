@@ -105,6 +105,8 @@ async def enroll(
     result = await run_in_threadpool(state.gallery.enroll, tenant.tenant_id, items, features)
     state.metrics.releases.labels(str(tenant.tenant_id), result.params.mechanism).inc(len(result.ids))
     state.metrics.gallery_size.labels(str(tenant.tenant_id)).set(state.indexes.get(tenant.tenant_id).size)
+    if result.max_subject_mu_squared is not None:
+        state.metrics.subject_mu_squared.labels(str(tenant.tenant_id)).set(result.max_subject_mu_squared)
     p = result.params
     return EnrollOut(
         ids=result.ids,
