@@ -180,7 +180,9 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
         settings=settings,
         engine=engine,
         sessions=sessions,
-        embedding=EmbeddingService(embedder=embedder, batch_size=settings.encode_batch),
+        embedding=EmbeddingService(
+            embedder=embedder, batch_size=settings.encode_batch, mode=settings.embed_mode, wait_ms=settings.microbatch_wait_ms
+        ),
         indexes=indexes,
         gallery=gallery,
         metrics=Metrics(),

@@ -130,6 +130,9 @@ class TenantIndex:
                     self.index = faiss.read_index(str(self.path))
                     if self.index.d != self.config.dim:
                         raise ValueError(f"index dim {self.index.d} != encoder dim {self.config.dim}")
+                    inner = faiss.downcast_index(self.index.index)
+                    if isinstance(inner, faiss.IndexIVF):
+                        inner.nprobe = self.config.nprobe
                 except (RuntimeError, ValueError) as exc:
                     log.warning("tenant %s: unreadable index (%s); rebuilding", self.tenant_id, exc)
                     self.index = self._empty()

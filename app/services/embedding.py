@@ -1,8 +1,9 @@
-"""The encoder seam: load once, embed batches in a dedicated worker thread."""
+"""The encoder seam: load once; embed on one worker thread, optionally merging concurrent requests."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,12 +33,23 @@ def load_embedder(checkpoint: Path | None, *, device: str, allow_untrained: bool
 
 
 class EmbeddingService:
-    """Runs the encoder on one worker thread so torch never blocks the event loop."""
+    """Runs the encoder on one worker thread so torch never blocks the event loop.
 
-    def __init__(self, *, embedder: Embedder, batch_size: int) -> None:
+    ``mode="thread"``: each request is one encoder call, queued on the worker thread.
+    ``mode="microbatch"``: requests arriving within ``wait_ms`` of each other are merged
+    into one forward pass (up to ``batch_size`` crops), then split back per request.
+    """
+
+    def __init__(self, *, embedder: Embedder, batch_size: int, mode: str = "thread", wait_ms: float = 2.0) -> None:
+        if mode not in {"thread", "microbatch"}:
+            raise ValueError("mode must be 'thread' or 'microbatch'")
         self.embedder = embedder
         self.batch_size = batch_size
+        self.mode = mode
+        self.wait_s = wait_ms / 1000
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[np.ndarray]]] | None = None
+        self._worker: asyncio.Task[None] | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -45,8 +57,51 @@ class EmbeddingService:
 
     async def embed(self, crops: list[torch.Tensor]) -> np.ndarray:
         batch = torch.stack(crops)
+        if self.mode == "thread" or batch.shape[0] >= self.batch_size:
+            return await self._run(batch)
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._merge_loop())
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self._queue.put((batch, future))
+        return await future
+
+    async def _run(self, batch: torch.Tensor) -> np.ndarray:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.embedder.embed, batch, self.batch_size)
 
+    async def _merge_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            pending = [await self._queue.get()]
+            size = pending[0][0].shape[0]
+            deadline = asyncio.get_running_loop().time() + self.wait_s
+            while size < self.batch_size:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+                pending.append(item)
+                size += item[0].shape[0]
+            try:
+                features = await self._run(torch.cat([b for b, _ in pending]))
+            except Exception as exc:  # hand the failure to every waiting request
+                for _, future in pending:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for batch, future in pending:
+                if not future.done():
+                    future.set_result(features[start : start + batch.shape[0]])
+                start += batch.shape[0]
+
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(RuntimeError):
+                self._worker.get_loop()
         self._executor.shutdown(wait=True)

@@ -98,3 +98,26 @@ def test_retention_purges_expired_items(client):
     purged = client.app.state.reid.gallery.purge_expired()
     assert purged == {tenant_id: 1}
     assert count(client, key) == 1 and len(search(client, key, 1, k=10).json()["hits"]) == 1
+
+
+def test_microbatching_merges_concurrent_requests_and_returns_each_its_own_features(tiny_embedder):
+    import asyncio
+
+    import numpy as np
+    import torch
+
+    from app.services.embedding import EmbeddingService
+
+    crops = [torch.randint(0, 256, (3, 64, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    expected = tiny_embedder.embed(torch.stack(crops))
+
+    async def scenario() -> list[np.ndarray]:
+        service = EmbeddingService(embedder=tiny_embedder, batch_size=64, mode="microbatch", wait_ms=20)
+        try:
+            return await asyncio.gather(*(service.embed([c]) for c in crops))
+        finally:
+            service.close()
+
+    results = asyncio.run(scenario())
+    for got, want in zip(results, expected, strict=True):
+        assert got.shape == (1, 64) and np.allclose(got[0], want, atol=1e-5)
