@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--checkpoint")
     args = parser.parse_args()
-    embedder = load_embedder(None if args.checkpoint is None else __import__("pathlib").Path(args.checkpoint), device="cpu", allow_untrained=True)
+    embedder = load_embedder(Path(args.checkpoint) if args.checkpoint else None, device="cpu", allow_untrained=True)
     crops = [torch.randint(0, 256, (3, *embedder.input_size), dtype=torch.uint8) for _ in range(args.requests)]
     results = {}
     for mode in ("thread", "microbatch"):

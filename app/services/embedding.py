@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -102,6 +101,4 @@ class EmbeddingService:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-            with contextlib.suppress(RuntimeError):
-                self._worker.get_loop()
         self._executor.shutdown(wait=True)
