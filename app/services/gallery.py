@@ -106,29 +106,8 @@ class GalleryService:
             policy = load_policy(session, tenant_id)
             params = policy.record_policy.parameters()
             per_release = release_mu_squared(params)
-            budgets: dict[str, SubjectBudget] = {}
             if policy.has_subject_budget:
-                requested: dict[str, int] = defaultdict(int)
-                for item in items:
-                    if item.budget_key:
-                        requested[item.budget_key] += 1
-                if requested:
-                    rows = session.scalars(
-                        select(SubjectBudget).where(SubjectBudget.tenant_id == tenant_id, SubjectBudget.subject_ref.in_(list(requested)))
-                    ).all()
-                    budgets = {row.subject_ref: row for row in rows}
-                    limit = policy.subject_mu_budget()
-                    refused = []
-                    for key, count in requested.items():
-                        spent = budgets[key].mu_squared if key in budgets else 0.0
-                        check = BudgetCheck(key, spent, count * per_release if count else 0.0, limit)
-                        if not check.allowed:
-                            refused.append(check.as_dict(policy.subject_delta or policy.delta))
-                    if refused:
-                        raise PrivacyBudgetExceeded(
-                            f"enrollment would exceed the per-subject privacy budget for {len(refused)} subject(s); nothing was stored",
-                            details={"subjects": refused},
-                        )
+                charge_subject_budgets(session, tenant_id, policy, items, per_release)
             noisy, _ = self.mechanism.release(torch.from_numpy(features), policy.record_policy)
             noisy_np = noisy.numpy().astype(np.float32)
             rows_out = [
@@ -153,18 +132,6 @@ class GalleryService:
                 for i, item in enumerate(items)
             ]
             session.add_all(rows_out)
-            if policy.has_subject_budget:
-                for item in items:
-                    subject = item.budget_key
-                    if subject is None:
-                        continue
-                    row = budgets.get(subject)
-                    if row is None:
-                        row = SubjectBudget(tenant_id=tenant_id, subject_ref=subject, mu_squared=0.0, releases=0)
-                        session.add(row)
-                        budgets[subject] = row
-                    row.mu_squared += per_release
-                    row.releases += 1
             session.flush()
             ids = np.array([row.id for row in rows_out], dtype=np.int64)
             session.commit()
@@ -278,6 +245,33 @@ class GalleryService:
     def count(self, tenant_id: int) -> int:
         with self.sessions() as session:
             return int(session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.tenant_id == tenant_id)) or 0)
+
+
+def charge_subject_budgets(session: Session, tenant_id: int, policy: TenantPolicy, items: list[ItemInput], per_release: float) -> None:
+    """Refuse (raise, nothing charged) if any subject would exceed its budget; else add μ² per release."""
+    requested: dict[str, int] = defaultdict(int)
+    for item in items:
+        if item.budget_key:
+            requested[item.budget_key] += 1
+    if not requested:
+        return
+    rows = session.scalars(select(SubjectBudget).where(SubjectBudget.tenant_id == tenant_id, SubjectBudget.subject_ref.in_(list(requested))))
+    budgets = {row.subject_ref: row for row in rows}
+    limit = policy.subject_mu_budget()
+    checks = [BudgetCheck(key, budgets[key].mu_squared if key in budgets else 0.0, count * per_release, limit) for key, count in requested.items()]
+    refused = [check.as_dict(policy.subject_delta or policy.delta) for check in checks if not check.allowed]
+    if refused:
+        raise PrivacyBudgetExceeded(
+            f"enrollment would exceed the per-subject privacy budget for {len(refused)} subject(s); nothing was stored",
+            details={"subjects": refused},
+        )
+    for key, count in requested.items():
+        row = budgets.get(key)
+        if row is None:
+            row = SubjectBudget(tenant_id=tenant_id, subject_ref=key, mu_squared=0.0, releases=0)
+            session.add(row)
+        row.mu_squared += count * per_release
+        row.releases += count
 
 
 def index_vectors(noisy: np.ndarray) -> np.ndarray:
