@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cuhk03-detected"
+SHARED_DATA = Path(os.environ.get("REID_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cuhk03-detected"))
 POSTGRES_ENV = "REID_TEST_POSTGRES_URL"
 
 
@@ -21,6 +21,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _backends(config: pytest.Config) -> list[str]:
     return ["sqlite", "postgresql"] if config.getoption("--postgres-url") else ["sqlite"]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"database backends: {', '.join(_backends(config))}; shared data: {SHARED_DATA if SHARED_DATA.is_dir() else 'absent'}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many database-backed tests passed on each backend."""
+    counts: dict[str, int] = {}
+    for report in terminalreporter.stats.get("passed", []):
+        for backend in ("sqlite", "postgresql"):
+            if f"[{backend}" in report.nodeid or f"-{backend}" in report.nodeid:
+                counts[backend] = counts.get(backend, 0) + 1
+    if counts:
+        terminalreporter.write_line("database-backed tests passed per backend: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
