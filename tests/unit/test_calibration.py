@@ -1,0 +1,34 @@
+"""Utility-at-ε from a calibration file (what the tradeoff endpoint serves)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from app.services.calibration import expected_utility, load_calibration
+
+
+def calibration() -> dict:
+    def point(eps, r1, m):
+        return {"epsilon": eps, "sigma": 0.0, "rank1": {"mean": r1, "std": 0.0}, "mAP": {"mean": m, "std": 0.0}}
+
+    return {"delta": 1e-5, "points": [point(1.0, 0.0, 0.01), point(100.0, 0.2, 0.21), point("inf", 0.3, 0.31)]}
+
+
+def test_interpolates_in_log_epsilon_and_reports_sigma():
+    out = expected_utility(calibration(), [10.0, 100.0, math.inf], delta=1e-5, clip_norm=1.0)
+    ten, hundred, inf = out["points"]
+    assert ten["rank1"] == pytest.approx(0.1) and ten["interpolated"] is True  # halfway between 1 and 100 in log
+    assert hundred["mAP"] == pytest.approx(0.21) and hundred["interpolated"] is False
+    assert inf["rank1"] == pytest.approx(0.3) and inf["sigma"] == 0
+    assert ten["sigma"] > hundred["sigma"] > 0
+
+
+def test_file_beside_checkpoint(tmp_path):
+    checkpoint = tmp_path / "enc.pt"
+    assert load_calibration(checkpoint) is None
+    checkpoint.with_suffix(".calibration.json").write_text(json.dumps(calibration()))
+    assert load_calibration(checkpoint)["delta"] == 1e-5
+    assert expected_utility(None, None, delta=1e-5, clip_norm=1.0)["available"] is False
