@@ -161,9 +161,12 @@ class GalleryService:
     def _hydrate(self, tenant_id: int, pairs: list[tuple[int, float]], filters: SearchFilters) -> list[Hit]:
         if not pairs:
             return []
+        ids = [i for i, _ in pairs]
+        by_id: dict[int, GalleryItem] = {}
         with self.sessions() as session:
-            rows = session.scalars(select(GalleryItem).where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_([i for i, _ in pairs]))).all()
-        by_id = {row.id: row for row in rows}
+            for start in range(0, len(ids), 5000):  # keep IN lists within every backend's parameter limit
+                query = select(GalleryItem).where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(ids[start : start + 5000]))
+                by_id.update((row.id, row) for row in session.scalars(query))
         hits = []
         for item_id, score in pairs:
             row = by_id.get(item_id)
