@@ -85,7 +85,8 @@ def main() -> None:
                     time.sleep(0.5)
             admin = {"X-Admin-Key": ADMIN_KEY}
             tenant = httpx.post(f"{base}/v1/admin/tenants", json={"name": "bench"}, headers=admin).json()["id"]
-            httpx.put(f"{base}/v1/admin/tenants/{tenant}/privacy", json={"epsilon": args.epsilon}, headers=admin)
+            epsilon = args.epsilon if args.epsilon == "inf" else float(args.epsilon)
+            httpx.put(f"{base}/v1/admin/tenants/{tenant}/privacy", json={"epsilon": epsilon}, headers=admin)
             key = httpx.post(f"{base}/v1/admin/tenants/{tenant}/keys", json={}, headers=admin).json()["api_key"]
             headers = {"X-API-Key": key}
             source = cycle(blobs)
