@@ -61,6 +61,7 @@ class Embedder:
     metadata: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None
     untrained: bool = False
+    source: str | None = None  # file name of the checkpoint it was loaded from
 
     @property
     def embedding_dim(self) -> int:
@@ -113,6 +114,7 @@ def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
         input_size=(int(meta["input_size"][0]), int(meta["input_size"][1])),
         metadata=meta,
         sha256=file_sha256(path),
+        source=path.name,
     )
 
 

@@ -152,9 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.grid and args.training_checkpoint:
         save_grid(args.training_checkpoint, args.data, args.grid)
     if args.tsne:
-        panels = [(f"{embedder.metadata.get('name', 'model')}", feats)]
+        panels = [(f"{args.checkpoint.parent.name}/{args.checkpoint.name}", feats)]
         if args.baseline:
-            panels.insert(0, ("baseline: " + args.baseline.stem, split_features(load_encoder(args.baseline, args.device), args.data)))
+            baseline_feats = split_features(load_encoder(args.baseline, args.device), args.data)
+            panels.insert(0, (f"baseline: {args.baseline.parent.name}/{args.baseline.name}", baseline_feats))
         save_tsne(panels, args.tsne)
     text = json.dumps(result, indent=2)
     if args.json:

@@ -51,7 +51,7 @@ def model_info(request: Request) -> ModelOut:
     embedder = get_state(request).embedding.embedder
     meta = embedder.metadata
     return ModelOut(
-        name=str(meta.get("name", "encoder")),
+        name=embedder.source or str(meta.get("name", "encoder")),
         version=str(meta.get("code_revision", "unknown")),
         backbone=str(meta.get("backbone")),
         embedding_dim=embedder.embedding_dim,
