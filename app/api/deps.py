@@ -6,7 +6,7 @@ import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import select
@@ -16,9 +16,13 @@ from app.core.errors import Forbidden, ServiceUnavailable, Unauthorized
 from app.core.security import secret_matches, split_api_key
 from app.db.tables import ApiKey, Tenant
 
+if TYPE_CHECKING:
+    from app.main import AppState
 
-def get_state(request: Request):  # type: ignore[no-untyped-def]
-    state = getattr(request.app.state, "reid", None)
+
+def get_state(request: Request) -> AppState:
+    """The state the lifespan built; 503 while the service is still starting."""
+    state: AppState | None = getattr(request.app.state, "reid", None)
     if state is None:
         raise ServiceUnavailable("service is starting")
     return state

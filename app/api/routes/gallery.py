@@ -6,7 +6,7 @@ import json
 import math
 import time
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -30,6 +30,9 @@ from app.core.errors import DomainError, InvalidInput, NotFound, PayloadTooLarge
 from app.db.tables import GalleryItem
 from app.services.gallery import ItemInput, SearchFilters
 from app.services.images import ImageLimits, decode_crop
+
+if TYPE_CHECKING:
+    import torch
 
 router = APIRouter(prefix="/v1", tags=["gallery"])
 METADATA_EXAMPLE = '[{"camera_id": "cam-1", "captured_at": "2026-11-26T08:00:00Z", "subject_ref": "track-17"}]'
@@ -55,14 +58,15 @@ def _parse_metadata(raw: str, count: int) -> list[ItemMetadata]:
     return parsed
 
 
-async def _decode_all(request: Request, files: list[UploadFile]) -> list:  # type: ignore[type-arg]
+async def _decode_all(request: Request, files: list[UploadFile]) -> list[torch.Tensor]:
     state = get_state(request)
     limits = ImageLimits(max_bytes=state.settings.max_image_bytes, max_pixels=state.settings.max_image_pixels)
     size = state.embedding.input_size
     payloads = [(await f.read(), f.filename or f"image[{i}]", f.content_type) for i, f in enumerate(files)]
 
-    def decode() -> tuple[list, list]:  # type: ignore[type-arg]
-        crops, errors = [], []
+    def decode() -> tuple[list[torch.Tensor], list[tuple[int, DomainError]]]:
+        crops: list[torch.Tensor] = []
+        errors: list[tuple[int, DomainError]] = []
         for i, (data, name, ctype) in enumerate(payloads):
             try:
                 crops.append(decode_crop(data, name=f"image[{i}] ({name})", content_type=ctype, limits=limits, size=size))
