@@ -74,7 +74,9 @@ def as_utc(value: datetime) -> datetime:
 def load_policy(session: Session, tenant_id: int) -> TenantPolicy:
     row = session.get(PrivacyPolicyRow, tenant_id)
     if row is None:
-        raise Conflict("this tenant has no privacy policy yet: an operator must set one (PUT /v1/admin/tenants/{id}/privacy); nothing was stored")
+        raise Conflict(
+            f"this tenant has no privacy policy yet: an operator must set one (PUT /v1/admin/tenants/{tenant_id}/privacy); nothing was stored"
+        )
     return TenantPolicy(
         epsilon=math.inf if row.epsilon is None else row.epsilon,
         delta=row.delta,

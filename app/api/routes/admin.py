@@ -17,6 +17,7 @@ from app.api.schemas import AuditOut, KeyIn, KeyIssued, KeyOut, PolicyIn, Policy
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.security import new_api_key
 from app.db.tables import ApiKey, AuditEntry, GalleryItem, PrivacyPolicyRow, Tenant
+from app.index.faiss_store import IndexRegistry
 from app.services.calibration import expected_utility
 from models.privacy import gaussian_sigma
 
@@ -59,7 +60,7 @@ def _policy(session: Session, tenant_id: int) -> PrivacyPolicyRow:
     return row
 
 
-def tenant_out(session: Session, tenant: Tenant, index_size: int) -> TenantOut:
+def tenant_out(session: Session, tenant: Tenant, indexes: IndexRegistry) -> TenantOut:
     size = session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.tenant_id == tenant.id)) or 0
     policy = session.get(PrivacyPolicyRow, tenant.id)
     return TenantOut(
@@ -68,7 +69,7 @@ def tenant_out(session: Session, tenant: Tenant, index_size: int) -> TenantOut:
         retention_days=tenant.retention_days,
         created_at=tenant.created_at,
         gallery_size=int(size),
-        index_size=index_size,
+        index_size=indexes.get(tenant.id).size,
         privacy=policy_out(policy) if policy is not None else None,
     )
 
@@ -89,18 +90,18 @@ def create_tenant(body: TenantIn, request: Request, session: SessionDep, actor: 
         )
     audit(session, actor, "tenant.create", tenant.id, {"name": body.name, "retention_days": body.retention_days})
     session.commit()
-    return tenant_out(session, tenant, get_state(request).indexes.get(tenant.id).size)
+    return tenant_out(session, tenant, get_state(request).indexes)
 
 
 @router.get("/tenants", response_model=list[TenantOut])
 def list_tenants(request: Request, session: SessionDep, _: AdminDep) -> list[TenantOut]:
     indexes = get_state(request).indexes
-    return [tenant_out(session, t, indexes.get(t.id).size) for t in session.scalars(select(Tenant).order_by(Tenant.id)).all()]
+    return [tenant_out(session, t, indexes) for t in session.scalars(select(Tenant).order_by(Tenant.id)).all()]
 
 
 @router.get("/tenants/{tenant_id}", response_model=TenantOut)
 def get_tenant(tenant_id: int, request: Request, session: SessionDep, _: AdminDep) -> TenantOut:
-    return tenant_out(session, _tenant(session, tenant_id), get_state(request).indexes.get(tenant_id).size)
+    return tenant_out(session, _tenant(session, tenant_id), get_state(request).indexes)
 
 
 @router.patch("/tenants/{tenant_id}", response_model=TenantOut)
@@ -115,7 +116,7 @@ def update_tenant(tenant_id: int, body: TenantPatch, request: Request, session: 
     except IntegrityError:
         session.rollback()
         raise Conflict(f"a tenant named {body.name!r} already exists") from None
-    return tenant_out(session, tenant, get_state(request).indexes.get(tenant.id).size)
+    return tenant_out(session, tenant, get_state(request).indexes)
 
 
 @router.delete("/tenants/{tenant_id}", status_code=200)
