@@ -105,6 +105,7 @@ def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
         embedding_dim=int(meta["embedding_dim"]),
         pretrained=False,
         last_stride=int(meta.get("last_stride", 1)),
+        flip_average=bool(meta.get("flip_average", False)),
     )
     model.load_state_dict(payload["state_dict"], strict=True)
     dev = resolve_device(device)

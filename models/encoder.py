@@ -18,6 +18,8 @@ class ReIDEncoder(nn.Module):
 
     ``forward`` returns L2-normalised BNNeck features in eval mode; in training mode it
     returns ``(pre_bn, post_bn)`` (triplet loss on the first, classifier on the second).
+    With ``flip_average`` the eval-mode feature is that of the crop plus that of its
+    mirror image (the usual Re-ID test-time flip; twice the inference cost).
     """
 
     def __init__(
@@ -28,9 +30,11 @@ class ReIDEncoder(nn.Module):
         pretrained: bool = False,
         backbone_weights: str | None = None,
         last_stride: int = 1,
+        flip_average: bool = False,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
+        self.flip_average = flip_average
         self.embedding_dim = embedding_dim
         self.backbone, channels = build_backbone(backbone, pretrained=pretrained, weights_path=backbone_weights, last_stride=last_stride)
         self.embedding = nn.Linear(channels, embedding_dim, bias=False)
@@ -51,4 +55,6 @@ class ReIDEncoder(nn.Module):
         _, post_bn = self.forward_train(images)
         if self.training:
             return post_bn
+        if self.flip_average:
+            post_bn = F.normalize(post_bn.float(), dim=1) + F.normalize(self.forward_train(images.flip(3))[1].float(), dim=1)
         return F.normalize(post_bn.float(), dim=1)

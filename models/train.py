@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.checkpoint import resolve_device, save_encoder
+from models.checkpoint import FORMAT, file_sha256, resolve_device, save_encoder
 from models.data import PKSampler, read_market_split
 from models.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_images, train_augment
 from models.encoder import ReIDEncoder
@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", default="mobilenet_v2", choices=["mobilenet_v2", "resnet50"])
     g.add_argument("--backbone-weights", help="local ImageNet weights file (required for an ImageNet-initialised resnet50)")
     g.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
+    g.add_argument(
+        "--init-encoder",
+        type=Path,
+        help="start the encoder from this encoder-only checkpoint (e.g. to fine-tune a trained model at a larger input size)",
+    )
+    g.add_argument("--flip-average", action="store_true", help="exported encoder averages the features of each crop and its mirror image")
     g.add_argument("--last-stride", type=int, default=1, choices=[1, 2])
     g.add_argument("--embedding-dim", type=int, default=512)
     g.add_argument("--input-size", type=parse_size, default=(128, 64), help="HEIGHTxWIDTH")
@@ -152,7 +158,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         pretrained=not args.no_pretrained and args.backbone == "mobilenet_v2",
         backbone_weights=args.backbone_weights,
         last_stride=args.last_stride,
+        flip_average=args.flip_average,
     )
+    init_from = None
+    if args.init_encoder:
+        init_from = load_encoder_state(encoder, args.init_encoder)
+        log.info("encoder initialised from %s", args.init_encoder)
     model = StageOneModel(encoder=encoder, num_classes=num_classes, input_size=args.input_size, config=stage_config(args)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -246,6 +257,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "num_train_ids": num_classes,
             "stage_one": asdict(stage_config(args)),
             "epochs": args.epochs,
+            "flip_average": args.flip_average,
+            "initialised_from": init_from,
             "train_seconds": summary["train_seconds"],
             "hardware": summary["hardware"],
             "metrics": metrics,
@@ -255,6 +268,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         summary["export"] = str(args.export)
     (args.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def load_encoder_state(encoder: ReIDEncoder, path: Path) -> dict[str, Any]:
+    """Copy an encoder-only checkpoint's weights into ``encoder`` (strict); returns its provenance."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} encoder checkpoint")
+    meta = payload["metadata"]
+    if meta["backbone"] != encoder.backbone_name or int(meta["embedding_dim"]) != encoder.embedding_dim:
+        found = f"{meta['backbone']} {meta['embedding_dim']}-d"
+        raise ValueError(f"{path} holds a {found} encoder; this run builds {encoder.backbone_name} {encoder.embedding_dim}-d")
+    encoder.load_state_dict(payload["state_dict"], strict=True)
+    keep = ("name", "input_size", "epochs", "train_seconds", "hardware", "stage_one", "metrics", "initialised_from")
+    return {"file": path.name, "sha256": file_sha256(path)} | {k: meta[k] for k in keep if k in meta}
 
 
 def evaluate_model(encoder: ReIDEncoder, split: Any, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -150,3 +150,32 @@ def test_resume_continues_from_the_last_epoch(tmp_path):
     subprocess.run([*base, "--epochs", "2", "--resume"], check=True, capture_output=True, timeout=300)
     history = json.loads((tmp_path / "summary.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_flip_average_is_the_mean_of_crop_and_mirror_and_survives_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    encoder = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=16, flip_average=True).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        plain, mirrored = (torch.nn.functional.normalize(encoder.forward_train(v)[1], dim=1) for v in (x, x.flip(3)))
+        expected = torch.nn.functional.normalize(plain + mirrored, dim=1)
+        assert torch.allclose(encoder(x), expected, atol=1e-5)
+        assert torch.allclose(encoder(x), encoder(x.flip(3)), atol=1e-5)  # a crop and its mirror now embed alike
+        assert not torch.allclose(expected, plain, atol=1e-3)
+    meta = {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "flip_average": True}
+    save_encoder(encoder, tmp_path / "enc.pt", meta)
+    assert load_encoder(tmp_path / "enc.pt").model.flip_average
+
+
+def test_training_can_start_from_an_encoder_checkpoint(tmp_path):
+    from models.train import load_encoder_state
+
+    torch.manual_seed(0)
+    source = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=16)
+    save_encoder(source, tmp_path / "enc.pt", {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "epochs": 3})
+    target = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=16)
+    provenance = load_encoder_state(target, tmp_path / "enc.pt")
+    assert provenance["file"] == "enc.pt" and provenance["epochs"] == 3 and len(provenance["sha256"]) == 64
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="16-d encoder"):
+        load_encoder_state(ReIDEncoder(backbone="mobilenet_v2", embedding_dim=8), tmp_path / "enc.pt")
