@@ -181,7 +181,11 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
         engine=engine,
         sessions=sessions,
         embedding=EmbeddingService(
-            embedder=embedder, batch_size=settings.encode_batch, mode=settings.embed_mode, wait_ms=settings.microbatch_wait_ms
+            embedder=embedder,
+            batch_size=settings.encode_batch,
+            mode=settings.embed_mode,
+            wait_ms=settings.microbatch_wait_ms,
+            forward_chunk=settings.forward_chunk,
         ),
         indexes=indexes,
         gallery=gallery,

@@ -67,9 +67,16 @@ class Embedder:
     def embedding_dim(self) -> int:
         return self.model.embedding_dim
 
+    @property
+    def default_chunk(self) -> int:
+        """Crops per forward pass: small on CPU (activations stay in cache: measured 2.5x faster
+        at 8 than at 64 on the development CPU), large on CUDA."""
+        return 256 if self.device.type == "cuda" else 8
+
     @torch.inference_mode()
-    def embed(self, images_uint8: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    def embed(self, images_uint8: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
         """uint8 ``[N, 3, H, W]`` (any H, W) -> float32 ``[N, D]`` L2-normalised features."""
+        batch_size = batch_size or self.default_chunk
         outputs = []
         use_amp = self.device.type == "cuda"
         for start in range(0, images_uint8.shape[0], batch_size):

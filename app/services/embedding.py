@@ -36,14 +36,16 @@ class EmbeddingService:
 
     ``mode="thread"``: each request is one encoder call, queued on the worker thread.
     ``mode="microbatch"``: requests arriving within ``wait_ms`` of each other are merged
-    into one forward pass (up to ``batch_size`` crops), then split back per request.
+    into one encoder call (up to ``batch_size`` crops), then split back per request.
+    Each call runs the network ``forward_chunk`` crops at a time (None: the embedder's default).
     """
 
-    def __init__(self, *, embedder: Embedder, batch_size: int, mode: str = "thread", wait_ms: float = 2.0) -> None:
+    def __init__(self, *, embedder: Embedder, batch_size: int, mode: str = "thread", wait_ms: float = 2.0, forward_chunk: int | None = None) -> None:
         if mode not in {"thread", "microbatch"}:
             raise ValueError("mode must be 'thread' or 'microbatch'")
         self.embedder = embedder
         self.batch_size = batch_size
+        self.forward_chunk = forward_chunk
         self.mode = mode
         self.wait_s = wait_ms / 1000
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
@@ -67,7 +69,7 @@ class EmbeddingService:
 
     async def _run(self, batch: torch.Tensor) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.embedder.embed, batch, self.batch_size)
+        return await loop.run_in_executor(self._executor, self.embedder.embed, batch, self.forward_chunk)
 
     async def _merge_loop(self) -> None:
         assert self._queue is not None

@@ -179,3 +179,12 @@ def test_training_can_start_from_an_encoder_checkpoint(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match="16-d encoder"):
         load_encoder_state(ReIDEncoder(backbone="mobilenet_v2", embedding_dim=8), tmp_path / "enc.pt")
+
+
+def test_embedding_does_not_depend_on_the_forward_chunk(tmp_path):
+    torch.manual_seed(0)
+    save_encoder(ReIDEncoder(embedding_dim=16), tmp_path / "enc.pt", {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32]})
+    embedder = load_encoder(tmp_path / "enc.pt")
+    assert embedder.default_chunk == 8  # CPU
+    crops = torch.randint(0, 256, (20, 3, 64, 32), dtype=torch.uint8)
+    assert torch.allclose(torch.from_numpy(embedder.embed(crops)), torch.from_numpy(embedder.embed(crops, 20)), atol=1e-5)
