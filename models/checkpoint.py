@@ -100,12 +100,18 @@ def _prepare(model: ReIDEncoder, device: torch.device) -> ReIDEncoder:
     return model
 
 
-def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
-    """Load an encoder-only checkpoint strictly; raises on any missing or extra key."""
-    path = Path(path)
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The ``{"format", "state_dict", "metadata"}`` payload of an encoder-only checkpoint (tensors on CPU)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} encoder checkpoint")
+    return payload
+
+
+def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
+    """Load an encoder-only checkpoint strictly; raises on any missing or extra key."""
+    path = Path(path)
+    payload = read_checkpoint(path)
     meta = payload["metadata"]
     model = ReIDEncoder(
         backbone=meta["backbone"],

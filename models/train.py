@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.checkpoint import FORMAT, file_sha256, resolve_device, save_encoder
+from models.checkpoint import file_sha256, read_checkpoint, resolve_device, save_encoder
 from models.data import PKSampler, read_market_split
 from models.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_images, train_augment
 from models.encoder import ReIDEncoder
@@ -272,9 +272,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_encoder_state(encoder: ReIDEncoder, path: Path) -> dict[str, Any]:
     """Copy an encoder-only checkpoint's weights into ``encoder`` (strict); returns its provenance."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} encoder checkpoint")
+    payload = read_checkpoint(path)
     meta = payload["metadata"]
     if meta["backbone"] != encoder.backbone_name or int(meta["embedding_dim"]) != encoder.embedding_dim:
         found = f"{meta['backbone']} {meta['embedding_dim']}-d"
