@@ -81,9 +81,37 @@ def build_resnet50(*, pretrained: bool = False, weights_path: str | None = None,
     return trunk, 2048
 
 
+def osnet_builder(name: str) -> BackboneBuilder:
+    """Builder of an OSNet of one width: its head's 512-d feature as a ``[N, 512, 1, 1]`` map.
+
+    Weights come from a local file only: an ONNX export with folded batch norm (torchreid's
+    OSNet x0.25 on MSMT17 is ``../shared/peers/osnet_x0_25_msmt17.onnx``) or a torchreid state dict.
+    OSNet keeps its resolution in the last stage already, so ``last_stride`` does not apply.
+    """
+
+    def build(*, pretrained: bool = False, weights_path: str | None = None, last_stride: int = 1) -> tuple[nn.Module, int]:
+        from models.osnet import load_osnet_onnx, load_osnet_state_dict, osnet
+
+        net = osnet(name)
+        if weights_path:
+            if str(weights_path).endswith(".onnx"):
+                load_osnet_onnx(net, weights_path)
+            else:
+                load_osnet_state_dict(net, weights_path)
+        elif pretrained:
+            raise FileNotFoundError(f"{name} needs a local weights file: pass --backbone-weights PATH (.onnx or a torchreid state dict)")
+        return net, net.feature_dim
+
+    return build
+
+
 BACKBONES: dict[str, BackboneBuilder] = {
     "mobilenet_v2": build_mobilenet_v2,
     "resnet50": build_resnet50,
+    "osnet_x0_25": osnet_builder("osnet_x0_25"),
+    "osnet_x0_5": osnet_builder("osnet_x0_5"),
+    "osnet_x0_75": osnet_builder("osnet_x0_75"),
+    "osnet_x1_0": osnet_builder("osnet_x1_0"),
 }
 
 

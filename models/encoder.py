@@ -38,7 +38,10 @@ class ReIDEncoder(nn.Module):
         self.embedding_dim = embedding_dim
         self.backbone, channels = build_backbone(backbone, pretrained=pretrained, weights_path=backbone_weights, last_stride=last_stride)
         self.embedding = nn.Linear(channels, embedding_dim, bias=False)
-        nn.init.kaiming_normal_(self.embedding.weight, mode="fan_out")
+        if channels == embedding_dim:
+            nn.init.eye_(self.embedding.weight)  # a backbone that ends in a feature head (OSNet) starts with its own feature
+        else:
+            nn.init.kaiming_normal_(self.embedding.weight, mode="fan_out")
         self.bnneck = nn.BatchNorm1d(embedding_dim)
         self.bnneck.bias.requires_grad_(False)
         nn.init.constant_(self.bnneck.weight, 1.0)

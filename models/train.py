@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.backbones import BACKBONES
 from models.checkpoint import file_sha256, read_checkpoint, resolve_device, save_encoder
 from models.data import PKSampler, read_market_split
 from models.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_images, train_augment
@@ -43,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=Path, help="write the encoder-only checkpoint here at the end")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt if it exists")
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default="mobilenet_v2", choices=["mobilenet_v2", "resnet50"])
-    g.add_argument("--backbone-weights", help="local ImageNet weights file (required for an ImageNet-initialised resnet50)")
+    g.add_argument("--backbone", default="mobilenet_v2", choices=sorted(BACKBONES))
+    g.add_argument(
+        "--backbone-weights",
+        help="local weights: ImageNet for resnet50; for OSNet an ONNX export (../shared/peers/osnet_x0_25_msmt17.onnx) or a torchreid state dict",
+    )
     g.add_argument("--no-pretrained", action="store_true", help="start the backbone from random weights")
     g.add_argument(
         "--init-encoder",
@@ -78,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pad", type=int, default=10)
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC memory format (default: on for CUDA and OSNet; OSNet x0.25 trains 1.4x faster with it on the 2-core CPU)",
+    )
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end)")
@@ -155,7 +165,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     encoder = ReIDEncoder(
         backbone=args.backbone,
         embedding_dim=args.embedding_dim,
-        pretrained=not args.no_pretrained and args.backbone == "mobilenet_v2",
+        pretrained=not args.no_pretrained and args.backbone == "mobilenet_v2",  # other backbones load --backbone-weights
         backbone_weights=args.backbone_weights,
         last_stride=args.last_stride,
         flip_average=args.flip_average,
@@ -164,8 +174,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.init_encoder:
         init_from = load_encoder_state(encoder, args.init_encoder)
         log.info("encoder initialised from %s", args.init_encoder)
+    elif getattr(encoder.backbone, "folded_batch_norms", None):
+        recalibrate_batch_norms(encoder.backbone, images, args.input_size, args.seed)
     model = StageOneModel(encoder=encoder, num_classes=num_classes, input_size=args.input_size, config=stage_config(args)).to(device)
-    if device.type == "cuda":
+    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda" or args.backbone.startswith("osnet")
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -199,7 +212,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 group["lr"] = args.lr * lr_factor(step, steps_per_epoch, args)
             idx = torch.tensor(batch, device=device)
             clean01, inputs = train_augment(images[idx], args.input_size, generator, padding=args.pad, erasing_p=args.erasing_p)
-            if device.type == "cuda":
+            if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
                 losses = model(inputs, clean01, labels[idx])
@@ -259,6 +272,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "epochs": args.epochs,
             "flip_average": args.flip_average,
             "initialised_from": init_from,
+            "backbone_weights": backbone_provenance(args.backbone_weights) if args.backbone_weights and not init_from else None,
             "train_seconds": summary["train_seconds"],
             "hardware": summary["hardware"],
             "metrics": metrics,
@@ -268,6 +282,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         summary["export"] = str(args.export)
     (args.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def backbone_provenance(path: str) -> dict[str, str]:
+    """File name and SHA-256 of the weights the backbone started from."""
+    return {"file": Path(path).name, "sha256": file_sha256(path)}
+
+
+def recalibrate_batch_norms(backbone: torch.nn.Module, images: torch.Tensor, size: tuple[int, int], seed: int, count: int = 256) -> None:
+    """Batch norms re-inserted after folded ONNX convolutions get the statistics of ``count`` training crops."""
+    from models.data.transforms import eval_transform
+    from models.osnet import OSNet, recalibrate_folded_batch_norms
+
+    assert isinstance(backbone, OSNet)
+    pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:count]
+    recalibrate_folded_batch_norms(backbone, eval_transform(images[pick.to(images.device)], size).to(next(backbone.parameters()).device))
 
 
 def load_encoder_state(encoder: ReIDEncoder, path: Path) -> dict[str, Any]:
