@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--recon-weight", type=float, default=1.0)
     g.add_argument("--adv-weight", type=float, default=0.0, help="gradient-reversal weight of the Adv-ID module; 0 disables it")
     g.add_argument("--adv-input", default="reconstruction", choices=["reconstruction", "feature"])
+    g.add_argument(
+        "--inversion-weight",
+        type=float,
+        default=0.0,
+        help="gradient-reversal weight of the inversion adversary (reconstructs the clean crop from the feature); 0 disables it",
+    )
+    g = p.add_argument_group("noise-aware training (the Gaussian mechanism in the loop on the gallery side)")
+    g.add_argument("--noise-epsilon", type=float, default=0.0, help="train against galleries released at this per-record ε (0: off)")
+    g.add_argument("--noise-delta", type=float, default=1e-5)
+    g.add_argument("--noise-track-size", type=float, default=1.0, help="records averaged per track at search time: σ is divided by its root")
+    g.add_argument("--noise-weight", type=float, default=1.0)
+    g.add_argument("--noise-temperature", type=float, default=0.1)
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=14)
     g.add_argument("--p", type=int, default=16, help="identities per batch")
@@ -130,6 +142,15 @@ def lr_factor(step: int, steps_per_epoch: int, args: argparse.Namespace) -> floa
     return 0.1 ** sum(epoch >= e for e in args.step_epochs)
 
 
+def noise_sigma(args: argparse.Namespace) -> float:
+    """σ of the mechanism at --noise-epsilon (clipping norm 1, Δ = 2), shrunk by the root of the track size."""
+    if not getattr(args, "noise_epsilon", 0):
+        return 0.0
+    from models.privacy.gaussian import gaussian_sigma
+
+    return gaussian_sigma(args.noise_epsilon, args.noise_delta, 2.0) / math.sqrt(args.noise_track_size)
+
+
 def stage_config(args: argparse.Namespace) -> StageOneConfig:
     return StageOneConfig(
         decoder_target=None if args.decoder_target == "none" else args.decoder_target,
@@ -139,6 +160,11 @@ def stage_config(args: argparse.Namespace) -> StageOneConfig:
         recon_weight=args.recon_weight,
         adv_weight=args.adv_weight,
         adv_input=args.adv_input,
+        # getattr: training checkpoints written before these options existed lack them
+        inversion_weight=getattr(args, "inversion_weight", 0.0),
+        noise_sigma=noise_sigma(args),
+        noise_weight=getattr(args, "noise_weight", 1.0),
+        noise_temperature=getattr(args, "noise_temperature", 0.1),
         label_smoothing=args.label_smoothing,
         triplet_margin=args.triplet_margin,
     )

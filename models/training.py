@@ -15,7 +15,7 @@ from torch import nn
 from models.adversary import IdentityAdversary, reverse_gradient
 from models.decoder import DeIDDecoder, downsample_target, obfuscation_target
 from models.encoder import ReIDEncoder
-from models.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy
+from models.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy, NoisyGalleryLoss
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,10 @@ class StageOneConfig:
     recon_weight: float = 1.0
     adv_weight: float = 0.0  # 0 disables the Adv-ID module
     adv_input: str = "reconstruction"  # "reconstruction" (needs a decoder) or "feature"
+    inversion_weight: float = 0.0  # > 0: an inversion adversary reconstructs the clean crop; the encoder gets its reversed gradient
+    noise_sigma: float = 0.0  # > 0: noise-aware training, a retrieval loss against features released at this σ
+    noise_weight: float = 1.0
+    noise_temperature: float = 0.1
     label_smoothing: float = 0.1
     triplet_margin: float = 0.3
 
@@ -63,8 +67,12 @@ class StageOneModel(nn.Module):
                 if config.adv_input == "reconstruction"
                 else FeatureAdversary(embedding_dim=encoder.embedding_dim, num_classes=num_classes)
             )
+        # The inversion adversary learns to reconstruct the *clean* crop from the feature; the gradient
+        # reversal makes the encoder work against it, while the De-ID decoder keeps the pixelated view.
+        self.inversion = DeIDDecoder(embedding_dim=encoder.embedding_dim, input_size=input_size) if config.inversion_weight > 0 else None
         self.id_loss = LabelSmoothingCrossEntropy(epsilon=config.label_smoothing)
         self.triplet_loss = BatchHardTripletLoss(margin=config.triplet_margin)
+        self.noisy_gallery_loss = NoisyGalleryLoss(sigma=config.noise_sigma, temperature=config.noise_temperature) if config.noise_sigma > 0 else None
 
     def forward(self, images: torch.Tensor, clean01: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named losses for one batch; ``total`` is what the optimiser minimises.
@@ -80,6 +88,9 @@ class StageOneModel(nn.Module):
         }
         total = losses["id"] + losses["triplet"]
         feature = F.normalize(post_bn, dim=1)  # exactly what the deployed encoder emits
+        if self.noisy_gallery_loss is not None:
+            losses["noisy"] = self.noisy_gallery_loss(feature, labels)
+            total = total + cfg.noise_weight * losses["noisy"]
         reconstruction = None
         if self.decoder is not None and cfg.decoder_target is not None:
             reconstruction = self.decoder(feature)
@@ -96,5 +107,11 @@ class StageOneModel(nn.Module):
             # The adversary minimises this; the reversal makes encoder and decoder maximise it.
             losses["adv"] = F.cross_entropy(logits.float(), labels)
             total = total + losses["adv"]
+        if self.inversion is not None:
+            inverted = self.inversion(reverse_gradient(feature, cfg.inversion_weight))
+            with torch.no_grad():
+                clean_target = downsample_target(clean01, self.inversion.output_size)
+            losses["inv"] = F.l1_loss(inverted.float(), clean_target.float())
+            total = total + losses["inv"]
         losses["total"] = total
         return losses

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage-one ablation on the shared CUHK03 split: same backbone and schedule for every row.
-# Usage: scripts/ablation.sh [ROW ...]   (rows: f a c b d e; default all, in that order)
+# Usage: scripts/ablation.sh [ROW ...]   (rows: f a c b d e g h; default all, in that order; g, h add the inversion adversary)
 # Env: DATA (dataset folder), RUNS (where run folders go), EPOCHS, EXTRA (more reid-train flags).
 set -euo pipefail
 DATA=${DATA:-../shared/datasets/cuhk03-detected}
@@ -14,9 +14,11 @@ declare -A ROW_FLAGS=(
   [d]="--decoder-target blur"
   [e]="--decoder-target none --adv-weight 0.1 --adv-input feature"
   [f]="--decoder-target pixelate --adv-weight 0.1"
+  [g]="--decoder-target pixelate --adv-weight 0.1 --inversion-weight 0.3"
+  [h]="--decoder-target pixelate --adv-weight 0.1 --inversion-weight 1.0"
 )
 rows=("$@")
-[ ${#rows[@]} -gt 0 ] || rows=(f a c b d e)
+[ ${#rows[@]} -gt 0 ] || rows=(f a c b d e g h)
 for row in "${rows[@]}"; do
   out="$RUNS/$row"
   mkdir -p "$out"

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,6 +97,43 @@ def test_training_wrapper_returns_named_losses_and_one_step_moves_weights():
     assert model.decoder is not None and model.decoder.project.weight.grad is not None
     optimiser.step()
     assert not torch.equal(before, model.encoder.embedding.weight)
+
+
+def test_inversion_adversary_learns_to_reconstruct_while_the_encoder_gets_the_reversed_gradient():
+    torch.manual_seed(0)
+    config = StageOneConfig(decoder_target=None, inversion_weight=0.5)
+    model = StageOneModel(encoder=ReIDEncoder(backbone="mobilenet_v2", embedding_dim=16), num_classes=4, input_size=(64, 32), config=config)
+    images, clean = torch.randn(8, 3, 64, 32), torch.rand(8, 3, 64, 32)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert "inv" in model(images, clean, labels)
+    # Gradient of the inversion loss alone, with and without the reversal, at the encoder's last layer.
+    grads = {}
+    for weight in (0.5, -1.0):
+        model.zero_grad()
+        model.config = StageOneConfig(decoder_target=None, inversion_weight=weight)
+        model(images, clean, labels)["inv"].backward()
+        assert model.inversion is not None and model.inversion.project.weight.grad is not None
+        grads[weight] = model.encoder.embedding.weight.grad.clone()
+    # weight -1.0 is a plain (cooperative) gradient; 0.5 is that gradient reversed and halved
+    assert torch.allclose(grads[0.5], -0.5 * grads[-1.0], atol=1e-6)
+
+
+def test_noisy_gallery_loss_rewards_margins_that_survive_the_noise():
+    from models.losses import NoisyGalleryLoss
+
+    torch.manual_seed(0)
+    labels = torch.arange(8).repeat_interleave(4)
+    separated = torch.nn.functional.one_hot(labels, 32).float()
+    random = torch.randn(32, 32)
+    loss = NoisyGalleryLoss(sigma=0.05, temperature=0.1)
+    assert float(loss(separated, labels)) < 0.01
+    # chance level: log(31 other records / 3 positives)
+    assert abs(float(loss(random, labels)) - np.log(31 / 3)) < 1.0
+    # more noise hurts the same features
+    assert float(NoisyGalleryLoss(sigma=1.0)(separated, labels)) > float(loss(separated, labels))
+    features = random.clone().requires_grad_(True)
+    loss(features, labels).backward()
+    assert features.grad is not None and torch.isfinite(features.grad).all()
 
 
 def test_adv_on_reconstruction_requires_a_decoder():

@@ -1,0 +1,105 @@
+"""The attack suite's parts on small synthetic data: release, inversion training, image metrics, leakage, the table."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.attacks.inversion import InversionConfig, InversionDecoder, psnr, reconstruct, ssim, train_inversion
+from models.attacks.report import markdown_table
+from models.attacks.suite import EncoderFeatures, JudgeCache, SplitImages, SuiteConfig, attack_encoder, pixelate_16x8, release
+
+
+def test_release_clips_to_unit_norm_and_adds_seeded_noise() -> None:
+    features = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+    clean = release(features, 0.0, seed=1)
+    assert torch.allclose(clean[0], torch.tensor([0.6, 0.8])) and torch.allclose(clean[1], features[1])
+    assert torch.equal(release(features, 0.5, seed=1), release(features, 0.5, seed=1))
+    assert not torch.equal(release(features, 0.5, seed=1), release(features, 0.5, seed=2))
+
+
+def test_psnr_and_ssim() -> None:
+    a = torch.randint(0, 256, (4, 3, 32, 16), dtype=torch.uint8)
+    assert ssim(a, a) == pytest.approx(1.0)
+    b = (a.int() + 10).clamp(0, 255).to(torch.uint8)
+    mse = (a.float() - b.float()).pow(2).mean(dim=(1, 2, 3))
+    assert psnr(a, b) == pytest.approx(float((10 * torch.log10(255**2 / mse)).mean()), rel=1e-5)
+    noise = torch.randint(0, 256, a.shape, dtype=torch.uint8)
+    assert ssim(a, noise) < 0.2
+    assert ssim(a, pixelate_16x8(a)) < 1.0
+
+
+def test_decoder_output_is_a_128x64_image_batch() -> None:
+    decoder = InversionDecoder(embedding_dim=8, base_channels=16)
+    out = reconstruct(decoder.eval(), torch.randn(3, 8))
+    assert out.shape == (3, 3, 128, 64) and out.dtype == torch.uint8
+
+
+def test_inversion_learns_an_invertible_code() -> None:
+    """Features that are a fixed code of the image: the trained decoder beats the mean image."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 1, 1), dtype=torch.uint8).expand(6, 3, 128, 64).contiguous()
+    features = torch.nn.functional.one_hot(torch.arange(6), 8).float()
+    decoder, stats = train_inversion(features, images, sigma=0.0, config=InversionConfig(epochs=120, batch_size=6, lr=5e-3, base_channels=16))
+    recon = reconstruct(decoder, features)
+    mean_image = images.float().mean(0, keepdim=True).expand_as(images).round().to(torch.uint8)
+    assert stats["seconds"] > 0
+    assert psnr(recon, images) > psnr(mean_image, images) + 4  # measured: 21.2 vs 14.1 dB after 150 epochs
+
+
+class ColourJudge:
+    """A toy judge: the mean colour of a crop (identity = colour in the toy data)."""
+
+    name = "colour"
+
+    def embed(self, images_uint8: torch.Tensor) -> np.ndarray:
+        x = images_uint8.float().mean(dim=(2, 3)) - 127.5
+        return (x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)).numpy()
+
+
+def toy_split(people: int = 8) -> SplitImages:
+    torch.manual_seed(1)
+    colours = torch.randint(0, 256, (people, 3, 1, 1), dtype=torch.uint8)
+
+    def crops(pids: list[int]) -> torch.Tensor:
+        return colours[pids].expand(len(pids), 3, 128, 64).contiguous()
+
+    g = [p for p in range(people) for _ in range(4)]
+    return SplitImages(
+        train=crops(list(range(people)) * 3),
+        query=crops(list(range(people))),
+        gallery=crops(g),
+        train_paths=[],
+        query_paths=[],
+        gallery_paths=[],
+        q_pids=np.arange(people),
+        g_pids=np.array(g),
+        q_cams=np.ones(people, dtype=int),
+        g_cams=np.tile([1, 2, 2, 2], people),
+    )
+
+
+def test_suite_rows_and_table_on_a_toy_split() -> None:
+    images = toy_split()
+    people = len(images.q_pids)
+    code = torch.nn.functional.one_hot(torch.arange(people), 16).float()
+    features = EncoderFeatures(
+        name="toy",
+        sha256=None,
+        train=code[torch.arange(people).repeat(3)],
+        query=code,
+        gallery=code[torch.tensor(images.g_pids)],
+    )
+    cache = JudgeCache([ColourJudge()])
+    config = SuiteConfig(epsilons=[math.inf, 8.0], draws=2, inversion=InversionConfig(epochs=2, batch_size=8, base_channels=16))
+    rows, _ = attack_encoder(features, images, cache, config)
+    assert [r["epsilon"] for r in rows] == ["inf", 8.0]
+    clean, noisy = rows
+    assert clean["search"]["rank1"]["mean"] == 1.0  # one-hot identities are found exactly without noise
+    assert noisy["search"]["mAP"]["n"] == 2 and noisy["sigma"] > 0
+    assert set(clean["leakage"]) == {"colour"}
+    table = markdown_table({"judges": ["colour"], "rows": rows, "references": []})
+    assert "| toy | inf |" in table and "| toy | 8.0 |" in table
