@@ -1,0 +1,204 @@
+"""Track search over HTTP on the shared split: per-record vs track-level search quality at a given ε.
+
+Starts `reid-gallery serve` on a fresh SQLite data folder (or uses --url with --admin-key), creates
+one tenant per ε, enrols the gallery crops of the shared CUHK03 split with
+``track_ref = "{person}_c{camera}"`` (a person seen by one camera), then searches every query crop
+twice — per record and with ``group_by=track_ref`` — and scores the answers with the Market-1501
+protocol: a query's own-camera records/track of its identity are ignored, the other camera's are
+the matches. With one relevant track per query, track AP is 1/rank when the track is in the
+top-k answer (k = 100, the API's maximum), else 0; per-record AP is computed from the top-k
+answer the same way (mAP@k: a lower bound of the full mAP, which needs every match's rank).
+
+    python benchmarks/track_search.py --epsilons 32 inf --json runs/track_search.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+NAME = re.compile(r"([-\d]+)_c(\d)")
+K = 100
+
+
+def parse(path: Path) -> tuple[int, int]:
+    match = NAME.search(path.name)
+    assert match is not None, path
+    return int(match.group(1)), int(match.group(2))
+
+
+def request(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One call, retried while the service answers 429/503 with Retry-After."""
+    for _ in range(50):
+        response = client.request(method, url, **kwargs)
+        if response.status_code not in (429, 503):
+            response.raise_for_status()
+            return response
+        details = (response.json().get("error") or {}).get("details") or {}
+        wait_ms = details.get("retry_after_ms") if isinstance(details, dict) else None
+        time.sleep((wait_ms / 1000) if wait_ms else float(response.headers.get("retry-after", "1")))
+    raise RuntimeError(f"{method} {url}: still overloaded after 50 tries")
+
+
+def start_server(port: int, data_dir: Path, admin_key: str) -> subprocess.Popen[bytes]:
+    env = os.environ | {"REID_DATA_DIR": str(data_dir), "REID_ADMIN_KEY": admin_key, "REID_LOG_LEVEL": "WARNING"}
+    exe = Path(sys.executable).with_name("reid-gallery")
+    proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    raise RuntimeError("the service did not become ready in 300 s")
+
+
+def make_tenant(client: httpx.Client, url: str, admin_key: str, epsilon: float) -> str:
+    headers = {"X-Admin-Key": admin_key}
+    name = f"tracks-eps-{epsilon}-{secrets.token_hex(3)}"
+    tenant = request(client, "POST", f"{url}/v1/admin/tenants", headers=headers, json={"name": name}).json()
+    policy = {"epsilon": "inf" if np.isinf(epsilon) else epsilon, "delta": 1e-5}
+    request(client, "PUT", f"{url}/v1/admin/tenants/{tenant['id']}/privacy", headers=headers, json=policy)
+    return str(request(client, "POST", f"{url}/v1/admin/tenants/{tenant['id']}/keys", headers=headers, json={}).json()["api_key"])
+
+
+def enrol(url: str, key: str, paths: list[Path], batch: int, workers: int) -> float:
+    started = time.time()
+
+    def send(chunk: list[Path]) -> int:
+        meta = []
+        for p in chunk:
+            pid, cam = parse(p)
+            meta.append({"camera_id": f"c{cam}", "captured_at": "2026-11-26T08:00:00Z", "track_ref": f"{pid:04d}_c{cam}", "external_id": p.name})
+        files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in chunk]
+        with httpx.Client(timeout=300) as client:
+            return len(
+                request(client, "POST", f"{url}/v1/gallery", headers={"X-API-Key": key}, files=files, data={"metadata": json.dumps(meta)}).json()[
+                    "ids"
+                ]
+            )
+
+    chunks = [paths[i : i + batch] for i in range(0, len(paths), batch)]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        enrolled = sum(pool.map(send, chunks))
+    assert enrolled == len(paths)
+    return len(paths) / (time.time() - started)
+
+
+def search_all(url: str, key: str, queries: list[Path], group_by: str | None, workers: int) -> list[dict[str, Any]]:
+    def one(path: Path) -> dict[str, Any]:
+        data = {"k": str(K)} | ({"group_by": group_by} if group_by else {})
+        with httpx.Client(timeout=120) as client:
+            files = {"image": (path.name, path.read_bytes(), "image/jpeg")}
+            return dict(request(client, "POST", f"{url}/v1/search", headers={"X-API-Key": key}, files=files, data=data).json())
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, queries))
+
+
+def score(queries: list[Path], answers: list[dict[str, Any]], *, tracks: bool) -> dict[str, float]:
+    """Rank-1 and mAP@k from the answers, Market-1501 protocol (own camera of the same identity ignored)."""
+    ranks1, aps = [], []
+    for path, answer in zip(queries, answers, strict=True):
+        pid, cam = parse(path)
+        hits = answer["hits"]
+        labels = []
+        for hit in hits:
+            if tracks:
+                hit_pid, hit_cam = (int(v) for v in re.fullmatch(r"(\d+)_c(\d)", hit["track_ref"]).groups())  # type: ignore[union-attr]
+            else:
+                hit_pid, hit_cam = parse(Path(hit["external_id"]))
+            if hit_pid == pid and hit_cam == cam:
+                continue  # junk: the query's own camera
+            labels.append(hit_pid == pid)
+        hits_at = np.flatnonzero(labels)
+        ranks1.append(bool(labels and labels[0]))
+        if tracks:
+            aps.append(1.0 / (hits_at[0] + 1) if hits_at.size else 0.0)
+        else:
+            relevant = answer["_relevant"]
+            precision = [(i + 1) / (r + 1) for i, r in enumerate(hits_at)]
+            aps.append(sum(precision) / relevant if relevant else 0.0)
+    return {"rank1": float(np.mean(ranks1)), f"mAP@{K}": float(np.mean(aps)), "queries": len(queries)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cuhk03-detected")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[32.0, float("inf")])
+    parser.add_argument("--url", help="use a running service (with --admin-key) instead of starting one")
+    parser.add_argument("--admin-key")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--max-queries", type=int, default=0, help="search only the first N queries (quick runs)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    gallery = sorted((args.data / "bounding_box_test").glob("*.jpg"))
+    gallery = [p for p in gallery if parse(p)[0] >= 0]
+    queries = sorted((args.data / "query").glob("*.jpg"))
+    if args.max_queries:
+        queries = queries[: args.max_queries]
+    # per-record mAP needs each query's number of matches (the other camera's crops of its identity)
+    counts: dict[tuple[int, int], int] = {}
+    for p in gallery:
+        counts[parse(p)] = counts.get(parse(p), 0) + 1
+    keep = [q for q in queries if counts.get((parse(q)[0], 3 - parse(q)[1]), 0) > 0]
+
+    proc = None
+    admin_key = args.admin_key or secrets.token_urlsafe(24)
+    url = args.url
+    tmp = tempfile.TemporaryDirectory(prefix="track-search-")
+    if url is None:
+        proc = start_server(args.port, Path(tmp.name), admin_key)
+        url = f"http://127.0.0.1:{args.port}"
+    results: dict[str, Any] = {"gallery": len(gallery), "queries": len(keep), "k": K, "runs": []}
+    try:
+        with httpx.Client(timeout=60) as client:
+            results["model"] = client.get(f"{url}/v1/model").json()
+            for epsilon in args.epsilons:
+                key = make_tenant(client, url, admin_key, epsilon)
+                rate = enrol(url, key, gallery, args.batch, args.workers)
+                per_record = search_all(url, key, keep, None, args.workers)
+                for q, a in zip(keep, per_record, strict=True):
+                    pid, cam = parse(q)
+                    a["_relevant"] = counts.get((pid, 3 - cam), 0)
+                grouped = search_all(url, key, keep, "track_ref", args.workers)
+                run = {
+                    "epsilon": "inf" if np.isinf(epsilon) else epsilon,
+                    "enrol_crops_per_s": round(rate, 1),
+                    "records": score(keep, per_record, tracks=False),
+                    "tracks": score(keep, grouped, tracks=True),
+                }
+                results["runs"].append(run)
+                print(json.dumps(run), flush=True)
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        tmp.cleanup()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
