@@ -119,6 +119,7 @@ def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
         pretrained=False,
         last_stride=int(meta.get("last_stride", 1)),
         flip_average=bool(meta.get("flip_average", False)),
+        feature_domain=str(meta.get("feature_domain", "signed")),
     )
     model.load_state_dict(payload["state_dict"], strict=True)
     dev = resolve_device(device)

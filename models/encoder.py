@@ -12,6 +12,8 @@ from torch import nn
 
 from models.backbones import build_backbone
 
+FEATURE_DOMAINS = ("signed", "nonnegative")
+
 
 class ReIDEncoder(nn.Module):
     """Backbone -> GAP -> linear embedding -> BNNeck.
@@ -20,6 +22,11 @@ class ReIDEncoder(nn.Module):
     returns ``(pre_bn, post_bn)`` (triplet loss on the first, classifier on the second).
     With ``flip_average`` the eval-mode feature is that of the crop plus that of its
     mirror image (the usual Re-ID test-time flip; twice the inference cost).
+
+    ``feature_domain="nonnegative"`` passes the BNNeck output through a ReLU before
+    normalising (the BNNeck bias then trains): every feature lies in the non-negative
+    orthant, where two unit vectors are at most √2 apart instead of 2, which is what the
+    privacy mechanism's sensitivity can then use (``models.privacy.mechanism``).
     """
 
     def __init__(
@@ -31,8 +38,12 @@ class ReIDEncoder(nn.Module):
         backbone_weights: str | None = None,
         last_stride: int = 1,
         flip_average: bool = False,
+        feature_domain: str = "signed",
     ) -> None:
         super().__init__()
+        if feature_domain not in FEATURE_DOMAINS:
+            raise ValueError(f"feature_domain must be one of {FEATURE_DOMAINS}")
+        self.feature_domain = feature_domain
         self.backbone_name = backbone
         self.flip_average = flip_average
         self.embedding_dim = embedding_dim
@@ -43,7 +54,7 @@ class ReIDEncoder(nn.Module):
         else:
             nn.init.kaiming_normal_(self.embedding.weight, mode="fan_out")
         self.bnneck = nn.BatchNorm1d(embedding_dim)
-        self.bnneck.bias.requires_grad_(False)
+        self.bnneck.bias.requires_grad_(feature_domain == "nonnegative")
         nn.init.constant_(self.bnneck.weight, 1.0)
         nn.init.constant_(self.bnneck.bias, 0.0)
 
@@ -54,10 +65,18 @@ class ReIDEncoder(nn.Module):
         pre_bn = self.embedding(pooled)
         return pre_bn, self.bnneck(pre_bn)
 
+    def deploy(self, post_bn: torch.Tensor) -> torch.Tensor:
+        """What the deployed encoder emits for a BNNeck output: (ReLU in the non-negative domain, then) L2-normalised."""
+        x = post_bn.float()
+        if self.feature_domain == "nonnegative":
+            x = F.relu(x)
+        return F.normalize(x, dim=1)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         _, post_bn = self.forward_train(images)
         if self.training:
             return post_bn
+        feature = self.deploy(post_bn)
         if self.flip_average:
-            post_bn = F.normalize(post_bn.float(), dim=1) + F.normalize(self.forward_train(images.flip(3))[1].float(), dim=1)
-        return F.normalize(post_bn.float(), dim=1)
+            feature = F.normalize(feature + self.deploy(self.forward_train(images.flip(3))[1]), dim=1)
+        return feature

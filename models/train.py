@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--flip-average", action="store_true", help="exported encoder averages the features of each crop and its mirror image")
     g.add_argument("--last-stride", type=int, default=1, choices=[1, 2])
+    g.add_argument(
+        "--feature-domain",
+        default="signed",
+        choices=["signed", "nonnegative"],
+        help="nonnegative: ReLU before normalising, so the privacy mechanism's sensitivity is sqrt(2)*C instead of 2*C",
+    )
     g.add_argument("--embedding-dim", type=int, default=512)
     g.add_argument("--input-size", type=parse_size, default=(128, 64), help="HEIGHTxWIDTH")
     g = p.add_argument_group("privacy parts")
@@ -143,12 +149,13 @@ def lr_factor(step: int, steps_per_epoch: int, args: argparse.Namespace) -> floa
 
 
 def noise_sigma(args: argparse.Namespace) -> float:
-    """σ of the mechanism at --noise-epsilon (clipping norm 1, Δ = 2), shrunk by the root of the track size."""
+    """σ of the mechanism at --noise-epsilon (clipping norm 1; Δ = 2, or √2 for non-negative features), shrunk by the root of the track size."""
     if not getattr(args, "noise_epsilon", 0):
         return 0.0
     from models.privacy.gaussian import gaussian_sigma
 
-    return gaussian_sigma(args.noise_epsilon, args.noise_delta, 2.0) / math.sqrt(args.noise_track_size)
+    sensitivity = math.sqrt(2.0) if getattr(args, "feature_domain", "signed") == "nonnegative" else 2.0
+    return gaussian_sigma(args.noise_epsilon, args.noise_delta, sensitivity) / math.sqrt(args.noise_track_size)
 
 
 def stage_config(args: argparse.Namespace) -> StageOneConfig:
@@ -195,6 +202,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         backbone_weights=args.backbone_weights,
         last_stride=args.last_stride,
         flip_average=args.flip_average,
+        feature_domain=args.feature_domain,
     )
     init_from = None
     if args.init_encoder:
@@ -297,6 +305,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "stage_one": asdict(stage_config(args)),
             "epochs": args.epochs,
             "flip_average": args.flip_average,
+            "feature_domain": args.feature_domain,
             "initialised_from": init_from,
             "backbone_weights": backbone_provenance(args.backbone_weights) if args.backbone_weights and not init_from else None,
             "train_seconds": summary["train_seconds"],

@@ -87,7 +87,7 @@ class StageOneModel(nn.Module):
             "triplet": self.triplet_loss(pre_bn, labels),
         }
         total = losses["id"] + losses["triplet"]
-        feature = F.normalize(post_bn, dim=1)  # exactly what the deployed encoder emits
+        feature = self.encoder.deploy(post_bn)  # exactly what the deployed encoder emits
         if self.noisy_gallery_loss is not None:
             losses["noisy"] = self.noisy_gallery_loss(feature, labels)
             total = total + cfg.noise_weight * losses["noisy"]

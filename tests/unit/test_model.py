@@ -136,6 +136,21 @@ def test_noisy_gallery_loss_rewards_margins_that_survive_the_noise():
     assert features.grad is not None and torch.isfinite(features.grad).all()
 
 
+def test_nonnegative_features_are_unit_vectors_in_the_positive_orthant_and_survive_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    encoder = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=16, feature_domain="nonnegative").eval()
+    assert encoder.bnneck.bias.requires_grad
+    x = torch.randn(4, 3, 64, 32)
+    with torch.no_grad():
+        features = encoder(x)
+    assert (features >= 0).all() and torch.allclose(features.norm(dim=1), torch.ones(4), atol=1e-5)
+    meta = {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "feature_domain": "nonnegative"}
+    save_encoder(encoder, tmp_path / "enc.pt", meta)
+    loaded = load_encoder(tmp_path / "enc.pt")
+    assert loaded.model.feature_domain == "nonnegative"
+    assert (loaded.embed((x.clamp(-1, 1) * 127 + 128).to(torch.uint8)) >= 0).all()
+
+
 def test_adv_on_reconstruction_requires_a_decoder():
     with pytest.raises(ValueError):
         config = StageOneConfig(decoder_target=None, adv_weight=1.0)
