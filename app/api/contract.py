@@ -8,9 +8,10 @@ where the error is retryable. Error classes added later document themselves by b
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi.security import APIKeyHeader, HTTPBearer
+from fastapi import Header
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import (
@@ -29,11 +30,28 @@ from app.core.errors import (
     error_body,
 )
 
+# One scheme per route: a second, alternative scheme makes each header "optional" to schema-driven tools. The same keys
+# are also accepted as `Authorization: Bearer …` (said in the descriptions; read by ``bearer_token``).
 api_key_scheme = APIKeyHeader(
-    name="X-API-Key", scheme_name="ApiKey", auto_error=False, description="an integrator key (`rk_…`), issued by an operator per tenant"
+    name="X-API-Key",
+    scheme_name="ApiKey",
+    auto_error=False,
+    description="an integrator key (`rk_…`), issued by an operator per tenant; `Authorization: Bearer rk_…` works too",
 )
-api_key_bearer = HTTPBearer(scheme_name="ApiKeyBearer", auto_error=False, description="the same integrator key as `Authorization: Bearer rk_…`")
-admin_key_scheme = APIKeyHeader(name="X-Admin-Key", scheme_name="AdminKey", auto_error=False, description="the operator key (REID_ADMIN_KEY)")
+admin_key_scheme = APIKeyHeader(
+    name="X-Admin-Key",
+    scheme_name="AdminKey",
+    auto_error=False,
+    description="the operator key (REID_ADMIN_KEY); on /metrics `Authorization: Bearer <admin key>` works too (for scrapers)",
+)
+AuthorizationHeader = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, if that is what was sent."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return None
 
 
 class ErrorDetail(BaseModel):

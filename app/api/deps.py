@@ -9,11 +9,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.api.contract import admin_key_scheme, api_key_bearer, api_key_scheme
+from app.api.contract import AuthorizationHeader, admin_key_scheme, api_key_scheme, bearer_token
 from app.core.errors import Forbidden, ServiceUnavailable, Unauthorized
 from app.core.security import secret_matches, split_api_key
 from app.db.tables import ApiKey, Tenant
@@ -47,10 +46,10 @@ class TenantContext:
 def tenant_from_key(
     session: SessionDep,
     x_api_key: Annotated[str | None, Security(api_key_scheme)] = None,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(api_key_bearer)] = None,
+    authorization: AuthorizationHeader = None,
 ) -> TenantContext:
     """The tenant always comes from the key, never from the request."""
-    key = x_api_key if x_api_key is not None else (bearer.credentials if bearer is not None else None)
+    key = x_api_key if x_api_key is not None else bearer_token(authorization)
     if not key:
         raise Unauthorized("missing API key: send X-API-Key or Authorization: Bearer")
     parts = split_api_key(key)

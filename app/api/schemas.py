@@ -13,7 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 INT64_MAX = 2**63 - 1
 EPSILON_MIN, EPSILON_MAX = 1e-3, 1e4  # where the analytic Gaussian calibration is numerically sound
@@ -61,6 +61,34 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON Schema integers include 30.0; booleans and fractions are not integers."""
+    if isinstance(value, bool):
+        raise ValueError("booleans are not numbers")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _integer_text(value: Any) -> Any:
+    """Query, path and form integers are written as digits: "100.0", "1e2" and " 7" are not integers."""
+    if isinstance(value, str) and not re.fullmatch(r"[+-]?[0-9]+", value):
+        raise ValueError("expected an integer written in digits")
+    return value
+
+
+def not_null(value: Any) -> Any:
+    """For optional fields whose schema has no null: leave the field out instead of sending null."""
+    if value is None:
+        raise ValueError("may be left out, but not null")
+    return value
+
+
+def optional(schema: dict[str, Any]) -> WithJsonSchema:
+    """The JSON schema of an optional field (left out or a value; never null)."""
+    return WithJsonSchema(schema)
+
+
 def _json_shape(value: Any) -> Any:
     """Refuse JSON nested deeper than ATTRIBUTES_MAX_DEPTH or larger than ATTRIBUTES_MAX_BYTES, without recursion."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -86,11 +114,15 @@ def _json_shape(value: Any) -> Any:
 # -- strict input types ----------------------------------------------------------------
 Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_CONTROL_CHARS), AfterValidator(_valid_unicode)]
 Label = Annotated[str, Field(max_length=200, pattern=NO_CONTROL_CHARS), AfterValidator(_valid_unicode)]
+IDENTIFIER_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NO_CONTROL_CHARS}
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp), WithJsonSchema({"type": "string", "format": "date-time"})]
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc), Field(examples=["2026-11-26T08:15:00Z"])]
-FiniteFloat = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
-Epsilon = Annotated[float, BeforeValidator(_no_bool), Field(ge=EPSILON_MIN, le=EPSILON_MAX, allow_inf_nan=False)]
-Delta = Annotated[float, BeforeValidator(_no_bool), Field(ge=DELTA_MIN, lt=1, allow_inf_nan=False)]
+# Constraints before the validators, so that they reach the JSON schema (minimum/maximum).
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_no_bool)]
+Epsilon = Annotated[float, Field(ge=EPSILON_MIN, le=EPSILON_MAX, allow_inf_nan=False), BeforeValidator(_no_bool)]
+Delta = Annotated[float, Field(ge=DELTA_MIN, lt=1, allow_inf_nan=False), BeforeValidator(_no_bool)]
+DIGITS = BeforeValidator(_integer_text)  # put after Query()/Path()/Form() in an Annotated, so their bounds reach the schema
+RetentionDays = Annotated[int, Field(ge=1, le=36500), BeforeValidator(_whole_number)]
 Attributes = Annotated[
     dict[str, Any],
     BeforeValidator(_json_shape),
@@ -229,9 +261,26 @@ class ItemPage(BaseModel):
 
 
 class EraseIn(StrictIn):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"subject_ref": "person-17"}, {"before": "2026-01-01T00:00:00Z"}]})
-    subject_ref: Identifier | None = None
-    before: Timestamp | None = Field(None, description="erase items captured before this instant")
+    """At least one of ``subject_ref`` and ``before``; both: items of that subject captured before that instant."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"subject_ref": "person-17"}, {"before": "2026-01-01T00:00:00Z"}],
+            "anyOf": [{"required": ["subject_ref"]}, {"required": ["before"]}],
+        }
+    )
+    subject_ref: Annotated[Identifier | None, optional(IDENTIFIER_SCHEMA), BeforeValidator(not_null)] = None
+    before: Annotated[
+        Timestamp | None,
+        optional({"type": "string", "format": "date-time", "description": "erase items captured before this instant"}),
+        BeforeValidator(not_null),
+    ] = None
+
+    @model_validator(mode="after")
+    def _something(self) -> EraseIn:
+        if self.subject_ref is None and self.before is None:
+            raise ValueError("give subject_ref and/or before; erasing a whole gallery is an admin operation (delete the tenant)")
+        return self
 
 
 class CountOut(BaseModel):
@@ -243,18 +292,15 @@ class CountOut(BaseModel):
 class TenantIn(StrictIn):
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "acme-retail", "retention_days": 30}]})
     name: Identifier = Field(examples=["acme-retail"])
-    retention_days: int | None = Field(None, ge=1, le=36500, description="purge records captured longer ago; null: keep")
+    retention_days: RetentionDays | None = Field(None, description="purge records captured longer ago; null: keep")
 
 
 class TenantPatch(StrictIn):
     """Change what is given. ``name`` cannot be null; ``retention_days: null`` removes the retention limit."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "acme-retail-eu"}, {"retention_days": None}]})
-    name: Annotated[
-        Identifier | None,
-        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": NO_CONTROL_CHARS}),
-    ] = None
-    retention_days: int | None = Field(None, ge=1, le=36500)
+    name: Annotated[Identifier | None, optional(IDENTIFIER_SCHEMA)] = None
+    retention_days: RetentionDays | None = Field(None, description="null removes the retention limit")
 
     @field_validator("name", mode="before")
     @classmethod
@@ -268,12 +314,27 @@ class PolicyIn(StrictIn):
     """A tenant's privacy policy. ``epsilon`` "inf" (no noise) must be set explicitly."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"epsilon": 8.0, "delta": 1e-5}, {"epsilon": 16.0, "delta": 1e-5, "subject_epsilon": 64.0}]}
+        json_schema_extra={
+            "examples": [{"epsilon": 8.0, "delta": 1e-5}, {"epsilon": 16.0, "delta": 1e-5, "subject_epsilon": 64.0}],
+            "dependentRequired": {"subject_delta": ["subject_epsilon"]},
+        }
     )
     epsilon: Epsilon | Literal["inf"] = Field(examples=[8.0], description=f"per-record ε in [{EPSILON_MIN}, {EPSILON_MAX:g}], or 'inf' for no noise")
     delta: Delta = 1e-5
-    subject_epsilon: Epsilon | None = Field(None, description="per-subject budget over all releases of one subject")
-    subject_delta: Delta | None = None
+    subject_epsilon: Annotated[
+        Epsilon | None,
+        optional({"type": "number", "minimum": EPSILON_MIN, "maximum": EPSILON_MAX}),
+        BeforeValidator(not_null),
+    ] = Field(None, description="per-subject budget over all releases of one subject; leave out for none")
+    subject_delta: Annotated[Delta | None, optional({"type": "number", "minimum": DELTA_MIN, "exclusiveMaximum": 1}), BeforeValidator(not_null)] = (
+        Field(None, description="δ of the per-subject budget (needs subject_epsilon; default: delta)")
+    )
+
+    @model_validator(mode="after")
+    def _subject_delta_needs_epsilon(self) -> PolicyIn:
+        if self.subject_delta is not None and self.subject_epsilon is None:
+            raise ValueError("subject_delta needs subject_epsilon")
+        return self
 
 
 class PolicyOut(BaseModel):

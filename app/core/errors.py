@@ -156,6 +156,11 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _field_path(loc: Any) -> list[str]:
+    """The field path of a validation error, without pydantic's union-member tags (``function-before[…]``, ``literal['inf']``)."""
+    return [str(part) for part in loc if not (isinstance(part, str) and ("[" in part or part in {"float", "int", "str"}))]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render domain, validation and HTTP errors as ``{"error": {code, message, details}}``."""
 
@@ -165,7 +170,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        details = [{"loc": _field_path(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
         problems = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
         return JSONResponse(error_body("invalid_input", f"invalid request: {problems}", details), status_code=422)
 

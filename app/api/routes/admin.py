@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from app.api.contract import ADMIN_AUTH, JSON_BODY, PARAMS, errors
 from app.api.deps import AdminDep, SessionDep, get_state
 from app.api.schemas import (
+    DIGITS,
     INT64_MAX,
     AuditOut,
     Epsilon,
@@ -39,8 +40,8 @@ from models.privacy import gaussian_sigma
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
-TenantId = Annotated[int, Path(ge=1, le=INT64_MAX, description="tenant id", examples=[3])]
-KeyId = Annotated[int, Path(ge=1, le=INT64_MAX, description="API key id", examples=[7])]
+TenantId = Annotated[int, Path(ge=1, le=INT64_MAX, description="tenant id", examples=[3]), DIGITS]
+KeyId = Annotated[int, Path(ge=1, le=INT64_MAX, description="API key id", examples=[7]), DIGITS]
 NO_NOISE_WARNING = "epsilon is inf: new records are stored WITHOUT differential-privacy noise"
 
 
@@ -74,7 +75,7 @@ def _tenant(session: Session, tenant_id: int) -> Tenant:
 def _policy(session: Session, tenant_id: int) -> PrivacyPolicyRow:
     row = session.get(PrivacyPolicyRow, tenant_id)
     if row is None:
-        raise NotFound(f"tenant {tenant_id} has no privacy policy yet; PUT /v1/admin/tenants/{tenant_id}/privacy")
+        raise Conflict(f"tenant {tenant_id} has no privacy policy yet; PUT /v1/admin/tenants/{tenant_id}/privacy")
     return row
 
 
@@ -188,7 +189,7 @@ def revoke_key(tenant_id: TenantId, key_id: KeyId, session: SessionDep, actor: A
     return KeyOut(id=row.id, prefix=row.prefix, label=row.label, created_at=row.created_at, revoked_at=row.revoked_at)
 
 
-@router.get("/tenants/{tenant_id}/privacy", response_model=PolicyOut, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound))
+@router.get("/tenants/{tenant_id}/privacy", response_model=PolicyOut, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound, Conflict))
 def get_privacy(tenant_id: TenantId, session: SessionDep, _: AdminDep) -> PolicyOut:
     _tenant(session, tenant_id)
     return policy_out(_policy(session, tenant_id))
@@ -228,17 +229,18 @@ def privacy_tradeoff(
     """Expected search quality at candidate ε, from the checkpoint's calibration file."""
     _tenant(session, tenant_id)
     state = get_state(request)
-    row = _policy(session, tenant_id)
-    return TradeoffOut.model_validate(expected_utility(state.calibration, epsilon, delta=row.delta, clip_norm=row.clip_norm))
+    row = session.get(PrivacyPolicyRow, tenant_id)  # no policy yet: the defaults a new policy would get
+    delta, clip_norm = (row.delta, row.clip_norm) if row is not None else (state.settings.default_delta, state.settings.clip_norm)
+    return TradeoffOut.model_validate(expected_utility(state.calibration, epsilon, delta=delta, clip_norm=clip_norm))
 
 
 @router.get("/audit", response_model=list[AuditOut], summary="Audit log, newest first", responses=errors(*ADMIN_AUTH, *PARAMS))
 def list_audit(
     session: SessionDep,
     _: AdminDep,
-    tenant_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="only this tenant's entries")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="entries older than this id (paging)")] = None,
+    tenant_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="only this tenant's entries"), DIGITS] = None,
+    limit: Annotated[int, Query(ge=1, le=1000), DIGITS] = 100,
+    before_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="entries older than this id (paging)"), DIGITS] = None,
 ) -> list[AuditOut]:
     query = select(AuditEntry)
     if tenant_id is not None:

@@ -15,6 +15,8 @@ from sqlalchemy import select
 from app.api.contract import ENCODER, JSON_BODY, LIMITED, PARAMS, TENANT_AUTH, UPLOAD, errors
 from app.api.deps import SessionDep, TenantDep, get_state
 from app.api.schemas import (
+    DIGITS,
+    IDENTIFIER_SCHEMA,
     INT64_MAX,
     NO_CONTROL_CHARS,
     CountOut,
@@ -30,6 +32,7 @@ from app.api.schemas import (
     SearchOut,
     Timestamp,
     epsilon_out,
+    optional,
 )
 from app.core.errors import Conflict, DomainError, InvalidImage, InvalidInput, NotFound, PayloadTooLarge, PrivacyBudgetExceeded
 from app.db.tables import GalleryItem
@@ -41,6 +44,8 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/v1", tags=["gallery"])
 METADATA_EXAMPLE = '[{"camera_id": "cam-1", "captured_at": "2026-11-26T08:00:00Z", "subject_ref": "track-17"}]'
+K_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 100}
+TIMESTAMP_SCHEMA = {"type": "string", "format": "date-time"}
 ItemId = Annotated[int, Path(ge=1, le=INT64_MAX, description="gallery item id", examples=[42])]
 
 
@@ -156,18 +161,19 @@ async def search(
     request: Request,
     tenant: TenantDep,
     image: Annotated[UploadFile, File(description="query crop (never stored)")],
-    k_form: Annotated[int | None, Form(alias="k", ge=1, le=100, description="hits to return (default 10)")] = None,
-    k_query: Annotated[int | None, Query(alias="k", ge=1, le=100, description="the same as the form field k")] = None,
+    k: Annotated[int | None, Form(ge=1, le=100, description="hits to return (default 10)"), optional(K_SCHEMA), DIGITS] = None,
     camera_ids: Annotated[
-        str | None, Form(max_length=4000, pattern=NO_CONTROL_CHARS, description="comma-separated camera ids", examples=["cam-1,cam-2"])
+        str | None,
+        Form(max_length=4000, pattern=NO_CONTROL_CHARS, description="comma-separated camera ids", examples=["cam-1,cam-2"]),
+        optional({"type": "string", "maxLength": 4000, "pattern": NO_CONTROL_CHARS}),
     ] = None,
-    captured_from: Annotated[Timestamp | None, Form(description="RFC 3339 with a timezone")] = None,
-    captured_to: Annotated[Timestamp | None, Form(description="RFC 3339 with a timezone")] = None,
-    min_score: Annotated[FiniteFloat | None, Form(ge=-1.0, le=1.0)] = None,
-    subject_ref: Annotated[Identifier | None, Form()] = None,
+    captured_from: Annotated[Timestamp | None, Form(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
+    captured_to: Annotated[Timestamp | None, Form(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
+    min_score: Annotated[FiniteFloat | None, Form(ge=-1.0, le=1.0), optional({"type": "number", "minimum": -1.0, "maximum": 1.0})] = None,
+    subject_ref: Annotated[Identifier | None, Form(), optional(IDENTIFIER_SCHEMA)] = None,
 ) -> SearchOut:
     state = get_state(request)
-    k = k_form if k_form is not None else (k_query if k_query is not None else 10)
+    k = k if k is not None else 10
     crops = await _decode_all(request, [image])
     started = time.perf_counter()
     query = await state.embedding.embed(crops)
@@ -184,7 +190,7 @@ async def search(
     return SearchOut(k=k, hits=[HitOut(**ItemOut.of(h.item).model_dump(), score=h.score) for h in hits])
 
 
-@router.get("/gallery/{item_id}", response_model=ItemOut, responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED, NotFound))
+@router.get("/gallery/{item_id:int}", response_model=ItemOut, responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED, NotFound))
 def get_item(item_id: ItemId, tenant: TenantDep, session: SessionDep) -> ItemOut:
     row = session.get(GalleryItem, item_id)
     if row is None or row.tenant_id != tenant.tenant_id:
@@ -196,12 +202,12 @@ def get_item(item_id: ItemId, tenant: TenantDep, session: SessionDep) -> ItemOut
 def list_items(
     tenant: TenantDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after_id: Annotated[int, Query(ge=0, le=INT64_MAX, description="the previous page's next_after_id")] = 0,
-    camera_id: Annotated[Identifier | None, Query()] = None,
-    subject_ref: Annotated[Identifier | None, Query()] = None,
-    captured_from: Annotated[Timestamp | None, Query(description="RFC 3339 with a timezone")] = None,
-    captured_to: Annotated[Timestamp | None, Query(description="RFC 3339 with a timezone")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000), DIGITS] = 100,
+    after_id: Annotated[int, Query(ge=0, le=INT64_MAX, description="the previous page's next_after_id"), DIGITS] = 0,
+    camera_id: Annotated[Identifier | None, Query(), optional(IDENTIFIER_SCHEMA)] = None,
+    subject_ref: Annotated[Identifier | None, Query(), optional(IDENTIFIER_SCHEMA)] = None,
+    captured_from: Annotated[Timestamp | None, Query(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
+    captured_to: Annotated[Timestamp | None, Query(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
 ) -> ItemPage:
     query = select(GalleryItem).where(GalleryItem.tenant_id == tenant.tenant_id, GalleryItem.id > after_id)
     if camera_id is not None:
@@ -217,7 +223,7 @@ def list_items(
     return ItemPage(items=[ItemOut.of(r) for r in page], next_after_id=page[-1].id if len(rows) > limit else None)
 
 
-@router.delete("/gallery/{item_id}", response_model=CountOut, responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED, NotFound))
+@router.delete("/gallery/{item_id:int}", response_model=CountOut, responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED, NotFound))
 async def delete_item(request: Request, item_id: ItemId, tenant: TenantDep) -> CountOut:
     state = get_state(request)
     deleted = await run_in_threadpool(state.gallery.delete_items, tenant.tenant_id, [item_id])
@@ -234,8 +240,6 @@ async def delete_item(request: Request, item_id: ItemId, tenant: TenantDep) -> C
     responses=errors(*TENANT_AUTH, *JSON_BODY, *LIMITED),
 )
 async def erase(request: Request, body: EraseIn, tenant: TenantDep) -> CountOut:
-    if body.subject_ref is None and body.before is None:
-        raise InvalidInput("give subject_ref and/or before; erasing a whole gallery is an admin operation (delete the tenant)")
     state = get_state(request)
     deleted = await run_in_threadpool(state.gallery.erase, tenant.tenant_id, subject_ref=body.subject_ref, before=body.before)
     state.metrics.gallery_size.labels(str(tenant.tenant_id)).set(state.indexes.get(tenant.tenant_id).size)

@@ -8,12 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.contract import ADMIN_AUTH, admin_key_scheme, api_key_bearer, errors
+from app.api.contract import ADMIN_AUTH, AuthorizationHeader, admin_key_scheme, bearer_token, errors
 from app.api.deps import get_state
 from app.api.schemas import HealthOut, ModelOut, ReadyOut
 from app.core.errors import Forbidden, Unauthorized
@@ -60,13 +59,13 @@ async def readyz(request: Request) -> JSONResponse:
 def require_metrics_reader(
     request: Request,
     x_admin_key: Annotated[str | None, Security(admin_key_scheme)] = None,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(api_key_bearer)] = None,
+    authorization: AuthorizationHeader = None,
 ) -> None:
     """The admin key as X-Admin-Key or ``Authorization: Bearer`` (what Prometheus sends); none if REID_METRICS_AUTH=none."""
     state = get_state(request)
     if state.settings.metrics_auth == "none":
         return
-    key = x_admin_key if x_admin_key is not None else (bearer.credentials if bearer is not None else None)
+    key = x_admin_key if x_admin_key is not None else bearer_token(authorization)
     if not key:
         raise Unauthorized("missing admin key: send X-Admin-Key or Authorization: Bearer <admin key>")
     if not hmac.compare_digest(key.encode(), state.admin_key.encode()):
