@@ -143,17 +143,18 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route offers for this path (Starlette's own Allow names only the first route's)."""
+    """Every method some route fully matches for this path (Starlette's own Allow names only the first route's)."""
     from starlette.routing import Match
 
-    scope = {**request.scope, "method": "\x00"}
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.PARTIAL and getattr(route, "methods", None):
-            methods.update(route.methods)
-    return sorted(methods)
+    return [
+        method
+        for method in PROBED_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.router.routes)
+    ]
 
 
 def _field_path(loc: Any) -> list[str]:

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.contract import ADMIN_AUTH, AuthorizationHeader, admin_key_scheme, bearer_token, errors
+from app.api.contract import ADMIN_AUTH, PARAMS, AuthorizationHeader, admin_key_scheme, bearer_token, errors
 from app.api.deps import get_state
 from app.api.schemas import HealthOut, ModelOut, ReadyOut
 from app.core.errors import Forbidden, Unauthorized
@@ -81,7 +81,7 @@ def require_metrics_reader(
             "description": "Prometheus text exposition format",
             "content": {"text/plain": {"schema": {"type": "string"}, "example": METRICS_EXAMPLE}},
         },
-        **errors(*ADMIN_AUTH),
+        **errors(*ADMIN_AUTH, *PARAMS),
     },
 )
 def metrics(request: Request, _: Annotated[None, Security(require_metrics_reader)]) -> Response:
