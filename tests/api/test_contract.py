@@ -100,7 +100,7 @@ def test_attributes_size_and_non_finite_numbers(client):
 
 
 def test_response_timestamps_are_utc_with_z(client):
-    tenant_id, key = make_tenant(client, "times")
+    tenant_id, _ = make_tenant(client, "times")
     keys = client.get(f"/v1/admin/tenants/{tenant_id}/keys", headers=ADMIN).json()
     revoked = client.delete(f"/v1/admin/tenants/{tenant_id}/keys/{keys[0]['id']}", headers=ADMIN).json()
     tenant = client.get(f"/v1/admin/tenants/{tenant_id}", headers=ADMIN).json()
