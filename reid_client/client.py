@@ -154,12 +154,51 @@ class ReidClient(_Base):
         return self.run(calls.enroll(images, metadata))
 
     def search(
-        self, image: ImageInput, *, k: int = 10, group_by: GroupBy | None = None, **filters: Any
+        self,
+        image: ImageInput,
+        *,
+        k: int = 10,
+        group_by: GroupBy | None = None,
+        camera_ids: Sequence[str] | None = None,
+        captured_from: Timestamp | None = None,
+        captured_to: Timestamp | None = None,
+        min_score: float | None = None,
+        subject_ref: str | None = None,
     ) -> models.SearchResult | models.GroupedSearchResult:
-        return self.run(calls.search(image, k=k, group_by=group_by, **filters))
+        """Top-k crops (or, with ``group_by``, tracks/subjects) most like ``image``; filters narrow the gallery."""
+        return self.run(
+            calls.search(
+                image,
+                k=k,
+                group_by=group_by,
+                camera_ids=camera_ids,
+                captured_from=captured_from,
+                captured_to=captured_to,
+                min_score=min_score,
+                subject_ref=subject_ref,
+            )
+        )
 
-    def list_items(self, **filters: Any) -> models.ItemPage:
-        return self.run(calls.list_items(**filters))
+    def list_items(
+        self,
+        *,
+        limit: int = 100,
+        after_id: int = 0,
+        camera_id: str | None = None,
+        subject_ref: str | None = None,
+        captured_from: Timestamp | None = None,
+        captured_to: Timestamp | None = None,
+    ) -> models.ItemPage:
+        return self.run(
+            calls.list_items(
+                limit=limit,
+                after_id=after_id,
+                camera_id=camera_id,
+                subject_ref=subject_ref,
+                captured_from=captured_from,
+                captured_to=captured_to,
+            )
+        )
 
     def iter_items(self, *, page_size: int = 1000, **filters: Any) -> Iterator[models.Item]:
         after = 0
@@ -207,8 +246,16 @@ class ReidClient(_Base):
     def get_privacy(self, tenant_id: int) -> models.Policy:
         return self.run(calls.get_privacy(tenant_id))
 
-    def set_privacy(self, tenant_id: int, *, epsilon: float | Literal["inf"], delta: float = 1e-5, **subject: float | None) -> models.Policy:
-        return self.run(calls.set_privacy(tenant_id, epsilon=epsilon, delta=delta, **subject))
+    def set_privacy(
+        self,
+        tenant_id: int,
+        *,
+        epsilon: float | Literal["inf"],
+        delta: float = 1e-5,
+        subject_epsilon: float | None = None,
+        subject_delta: float | None = None,
+    ) -> models.Policy:
+        return self.run(calls.set_privacy(tenant_id, epsilon=epsilon, delta=delta, subject_epsilon=subject_epsilon, subject_delta=subject_delta))
 
     def tradeoff(self, tenant_id: int, epsilons: Sequence[float] | None = None) -> models.Tradeoff:
         return self.run(calls.tradeoff(tenant_id, epsilons))
@@ -277,12 +324,51 @@ class AsyncReidClient(_Base):
         return await self.run(calls.enroll(images, metadata))
 
     async def search(
-        self, image: ImageInput, *, k: int = 10, group_by: GroupBy | None = None, **filters: Any
+        self,
+        image: ImageInput,
+        *,
+        k: int = 10,
+        group_by: GroupBy | None = None,
+        camera_ids: Sequence[str] | None = None,
+        captured_from: Timestamp | None = None,
+        captured_to: Timestamp | None = None,
+        min_score: float | None = None,
+        subject_ref: str | None = None,
     ) -> models.SearchResult | models.GroupedSearchResult:
-        return await self.run(calls.search(image, k=k, group_by=group_by, **filters))
+        """Top-k crops (or, with ``group_by``, tracks/subjects) most like ``image``; filters narrow the gallery."""
+        return await self.run(
+            calls.search(
+                image,
+                k=k,
+                group_by=group_by,
+                camera_ids=camera_ids,
+                captured_from=captured_from,
+                captured_to=captured_to,
+                min_score=min_score,
+                subject_ref=subject_ref,
+            )
+        )
 
-    async def list_items(self, **filters: Any) -> models.ItemPage:
-        return await self.run(calls.list_items(**filters))
+    async def list_items(
+        self,
+        *,
+        limit: int = 100,
+        after_id: int = 0,
+        camera_id: str | None = None,
+        subject_ref: str | None = None,
+        captured_from: Timestamp | None = None,
+        captured_to: Timestamp | None = None,
+    ) -> models.ItemPage:
+        return await self.run(
+            calls.list_items(
+                limit=limit,
+                after_id=after_id,
+                camera_id=camera_id,
+                subject_ref=subject_ref,
+                captured_from=captured_from,
+                captured_to=captured_to,
+            )
+        )
 
     async def iter_items(self, *, page_size: int = 1000, **filters: Any) -> AsyncIterator[models.Item]:
         after = 0
@@ -330,8 +416,18 @@ class AsyncReidClient(_Base):
     async def get_privacy(self, tenant_id: int) -> models.Policy:
         return await self.run(calls.get_privacy(tenant_id))
 
-    async def set_privacy(self, tenant_id: int, *, epsilon: float | Literal["inf"], delta: float = 1e-5, **subject: float | None) -> models.Policy:
-        return await self.run(calls.set_privacy(tenant_id, epsilon=epsilon, delta=delta, **subject))
+    async def set_privacy(
+        self,
+        tenant_id: int,
+        *,
+        epsilon: float | Literal["inf"],
+        delta: float = 1e-5,
+        subject_epsilon: float | None = None,
+        subject_delta: float | None = None,
+    ) -> models.Policy:
+        return await self.run(
+            calls.set_privacy(tenant_id, epsilon=epsilon, delta=delta, subject_epsilon=subject_epsilon, subject_delta=subject_delta)
+        )
 
     async def tradeoff(self, tenant_id: int, epsilons: Sequence[float] | None = None) -> models.Tradeoff:
         return await self.run(calls.tradeoff(tenant_id, epsilons))

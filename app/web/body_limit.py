@@ -30,26 +30,28 @@ class BodyLimitMiddleware:
             await self._send_413(send)
             return
         seen = 0
-        refused = False
+        over_limit = False  # the body passed the limit: the application only hears "disconnected" from now on
+        answered = False  # we sent the 413: whatever the application sends is dropped
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal seen, refused
-            if refused:
+            nonlocal seen, over_limit, answered
+            if over_limit:
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    refused = True
-                    if not response_started:
+                    over_limit = True
+                    if not response_started:  # an answer already under way is left to finish
+                        answered = True
                         await self._send_413(send)
                     return {"type": "http.disconnect"}
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal response_started
-            if refused:
+            if answered:
                 return
             if message["type"] == "http.response.start":
                 response_started = True

@@ -227,3 +227,26 @@ def test_enroll_cli_reads_a_sidecar(server, tenant, tmp_path):
         items = {i.external_id: i for i in client.iter_items()}
     assert items["front.jpg"].attributes == {"zone": "A"} and items["front.jpg"].track_ref == "t9"
     assert items["back.jpg"].camera_id == "gate-2" and items["back.jpg"].captured_at == datetime(2026, 11, 26, 7, tzinfo=UTC)
+
+
+def test_transport_errors_are_retried_only_for_idempotent_calls(monkeypatch):
+    monkeypatch.setattr("reid_client.client.time.sleep", lambda _: None)
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        if len(calls) < 3:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"status": "ok"})
+
+    client = ReidClient("http://reid.test", api_key="rk_x_y", http=httpx.Client(base_url="http://reid.test", transport=httpx.MockTransport(handler)))
+    assert client.health() is True and calls == ["GET", "GET", "GET"]
+    calls.clear()
+    with pytest.raises(errors.TransportError):  # an enrollment is not repeated blindly: it may have been stored
+        client.enroll([jpeg_bytes(1)], [{"camera_id": "c", "captured_at": "2026-11-26T08:00:00Z"}])
+    assert calls == ["POST"]
+
+
+def test_client_package_does_not_import_torch_or_the_service():
+    code = "import sys, reid_client, reid_client.cli, reid_client.bulk; assert not {'torch', 'app.main', 'fastapi'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
