@@ -20,6 +20,6 @@ test:
 	$(BIN)/python -m pytest -m "not slow and not gpu"
 
 lint:
-	$(BIN)/ruff check app models tests benchmarks
-	$(BIN)/mypy app models
+	$(BIN)/ruff check app models reid_client tests benchmarks
+	$(BIN)/mypy app models reid_client
 	$(BIN)/hadolint Dockerfile

@@ -1,9 +1,13 @@
-"""``reid-gallery``: serve the API or run database migrations."""
+"""``reid-gallery``: serve the API, run database migrations, or use the service as a client (enroll, search).
+
+The client subcommands import only ``reid_client`` (httpx, pydantic, tqdm): no torch, no service code.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -13,7 +17,15 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     sub.add_parser("migrate", help="alembic upgrade head on REID_DATABASE_URL")
+    from reid_client.cli import add_enroll_parser, add_search_parser, enroll_command, search_command
+
+    add_enroll_parser(sub)
+    add_search_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "enroll":
+        sys.exit(enroll_command(args))
+    if args.command == "search":
+        sys.exit(search_command(args))
 
     from app.core.config import get_settings
 

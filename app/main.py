@@ -16,14 +16,14 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.formparsers import MultiPartParser
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import Settings, get_settings
-from app.core.errors import error_body, install_error_handlers
-from app.core.metrics import Metrics
+from app.core.errors import install_error_handlers
+from app.core.metrics import Metrics, serve_metrics
 from app.index.faiss_store import IndexConfig, IndexRegistry
 from app.services.embedding import EmbeddingService
 from app.services.gallery import GalleryService
+from app.web.body_limit import BodyLimitMiddleware
 
 log = logging.getLogger("reid.app")
 
@@ -57,50 +57,6 @@ def resolve_admin_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-class BodyLimitMiddleware:
-    """Answer 413 once a request body exceeds ``max_bytes`` (declared or streamed)."""
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_413(send, self.max_bytes)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _send_413(send, self.max_bytes)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _send_413(send: Send, limit: int) -> None:
-    import json
-
-    body = json.dumps(error_body("payload_too_large", f"request body exceeds {limit} bytes")).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
-
-
 def create_app(settings: Settings | None = None, *, embedder: Any = None) -> FastAPI:
     """Build the app. ``embedder`` overrides checkpoint loading (tests use a tiny one)."""
     settings = settings or get_settings()
@@ -115,6 +71,7 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None) -> Fas
             state.metrics.gallery_size.labels(str(tenant_id)).set(state.indexes.get(tenant_id).size)
             log.info("tenant %s index %s (%d items)", tenant_id, action, state.indexes.get(tenant_id).size)
         state.indexes_ready = True
+        metrics_listener = serve_metrics(settings.metrics_address, state.metrics.registry) if settings.metrics_address else None
         tasks = [asyncio.create_task(_periodic(settings.index_save_seconds, state.indexes.save_all, "index save"))]
         tasks.append(asyncio.create_task(_periodic(settings.retention_interval_seconds, lambda: _purge(state), "retention")))
         try:
@@ -122,6 +79,8 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None) -> Fas
         finally:
             for task in tasks:
                 task.cancel()
+            if metrics_listener is not None:
+                metrics_listener[0].shutdown()
             await run_in_threadpool(state.indexes.save_all)
             state.embedding.close()
             state.engine.dispose()
@@ -134,10 +93,12 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None) -> Fas
     )
     install_error_handlers(app)
     from app.api.routes import admin, gallery, health
+    from app.web import console
 
     app.include_router(health.router)
     app.include_router(gallery.router)
     app.include_router(admin.router)
+    app.include_router(console.router)
 
     @app.middleware("http")
     async def _timing(request, call_next):  # type: ignore[no-untyped-def]

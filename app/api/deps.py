@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.api.contract import AuthorizationHeader, admin_key_scheme, api_key_scheme, bearer_token
 from app.core.errors import Forbidden, ServiceUnavailable, Unauthorized
 from app.core.security import secret_matches, split_api_key
 from app.db.tables import ApiKey, Tenant
@@ -44,13 +45,11 @@ class TenantContext:
 
 def tenant_from_key(
     session: SessionDep,
-    x_api_key: Annotated[str | None, Header()] = None,
-    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Security(api_key_scheme)] = None,
+    authorization: AuthorizationHeader = None,
 ) -> TenantContext:
     """The tenant always comes from the key, never from the request."""
-    key = x_api_key
-    if key is None and authorization and authorization.lower().startswith("bearer "):
-        key = authorization[7:].strip()
+    key = x_api_key if x_api_key is not None else bearer_token(authorization)
     if not key:
         raise Unauthorized("missing API key: send X-API-Key or Authorization: Bearer")
     parts = split_api_key(key)
@@ -70,7 +69,7 @@ def tenant_from_key(
 TenantDep = Annotated[TenantContext, Depends(tenant_from_key)]
 
 
-def require_admin(request: Request, x_admin_key: Annotated[str | None, Header()] = None) -> str:
+def require_admin(request: Request, x_admin_key: Annotated[str | None, Security(admin_key_scheme)] = None) -> str:
     expected: str = get_state(request).admin_key
     if not x_admin_key:
         raise Unauthorized("missing admin key: send X-Admin-Key")

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     index_save_seconds: float = Field(30.0, gt=0, description="how often changed indexes are saved")
     retention_interval_seconds: float = Field(3600.0, gt=0, description="how often expired records are purged")
     log_level: str = Field("INFO", description="logging level")
+    metrics_auth: Literal["admin", "none"] = Field(
+        "admin", description="/metrics on the API port needs the admin key (X-Admin-Key or Authorization: Bearer), or nothing"
+    )
+    metrics_address: str | None = Field(
+        None,
+        pattern=r"^[^:\s]*:\d{1,5}$",
+        description="host:port of a separate plain listener serving only the Prometheus metrics, without a key (e.g. 127.0.0.1:9464)",
+    )
 
     @field_validator("default_epsilon")
     @classmethod

@@ -1,10 +1,12 @@
-"""Prometheus metrics, one registry per app instance."""
+"""Prometheus metrics, one registry per app instance; series of a deleted tenant are dropped with it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
 
 
 @dataclass
@@ -31,3 +33,15 @@ class Metrics:
             "reid_privacy_subject_mu_squared_max", "largest composed mu^2 of any subject of a tenant", ["tenant"], registry=r
         )
         self.purged = Counter("reid_retention_purged_total", "items purged by retention", ["tenant"], registry=r)
+
+    def forget_tenant(self, tenant_id: int) -> None:
+        """Drop every series labelled with this tenant (it was deleted), in every metric that has a tenant label."""
+        for metric in vars(self).values():
+            if isinstance(metric, MetricWrapperBase) and "tenant" in metric._labelnames:
+                metric.remove_by_labels({"tenant": str(tenant_id)})
+
+
+def serve_metrics(address: str, registry: CollectorRegistry) -> tuple[Any, Any]:
+    """Start a plain HTTP listener for ``registry`` on ``host:port`` (its own thread); returns (server, thread)."""
+    host, port = address.rsplit(":", 1)
+    return start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)  # type: ignore[no-any-return]

@@ -23,6 +23,7 @@ IdType = BigInteger().with_variant(Integer(), "sqlite")
 
 class Tenant(Base):
     __tablename__ = "tenants"
+    __table_args__ = ({"sqlite_autoincrement": True},)  # never reuse a deleted tenant's id (the audit log names tenants by id)
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -47,6 +48,7 @@ class PrivacyPolicyRow(Base):
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
+    __table_args__ = ({"sqlite_autoincrement": True},)  # never reuse a deleted key's id
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)

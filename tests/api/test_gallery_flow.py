@@ -13,7 +13,8 @@ def test_health_ready_model_and_metrics(client):
     assert ready.status_code == 200 and ready.json()["checks"] == {"model": True, "database": True, "indexes": True}
     model = client.get("/v1/model").json()
     assert model["untrained_fallback"] is True and model["embedding_dim"] == 64
-    assert "reid_http_request_seconds" in client.get("/metrics").text
+    assert client.get("/metrics").status_code == 401
+    assert "reid_http_request_seconds" in client.get("/metrics", headers=ADMIN).text
 
 
 def test_enroll_then_search_finds_the_same_crop_first(client):

@@ -75,7 +75,7 @@ def test_new_tenant_has_no_policy_and_enrollment_is_refused_until_set(client):
     key = client.post(f"/v1/admin/tenants/{created['id']}/keys", json={}, headers=ADMIN).json()["api_key"]
     refused = enroll(client, key, [1])
     assert refused.status_code == 409 and "no privacy policy" in refused.json()["error"]["message"]
-    assert client.get(f"/v1/admin/tenants/{created['id']}/privacy", headers=ADMIN).status_code == 404
+    assert client.get(f"/v1/admin/tenants/{created['id']}/privacy", headers=ADMIN).status_code == 409
     assert client.put(f"/v1/admin/tenants/{created['id']}/privacy", json={"epsilon": 8}, headers=ADMIN).status_code == 200
     assert enroll(client, key, [1]).status_code == 201
 

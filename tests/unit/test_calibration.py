@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
@@ -18,12 +17,28 @@ def calibration() -> dict:
 
 
 def test_interpolates_in_log_epsilon_and_reports_sigma():
-    out = expected_utility(calibration(), [10.0, 100.0, math.inf], delta=1e-5, clip_norm=1.0)
-    ten, hundred, inf = out["points"]
+    out = expected_utility(calibration(), [10.0, 100.0], delta=1e-5, clip_norm=1.0)
+    ten, hundred = out["points"]
     assert ten["rank1"] == pytest.approx(0.1) and ten["interpolated"] is True  # halfway between 1 and 100 in log
     assert hundred["mAP"] == pytest.approx(0.21) and hundred["interpolated"] is False
-    assert inf["rank1"] == pytest.approx(0.3) and inf["sigma"] == 0
     assert ten["sigma"] > hundred["sigma"] > 0
+    assert out["no_noise"] == {"rank1": 0.3, "mAP": 0.31} and out["calibrated_range"] == [1.0, 100.0]
+
+
+def test_no_figures_outside_the_calibrated_range():
+    """Issue 10: epsilon = 1e6 used to report the largest calibrated point's numbers as 'interpolated'."""
+    below, above = expected_utility(calibration(), [0.5, 1e6], delta=1e-5, clip_norm=1.0)["points"]
+    for point in (below, above):
+        assert point["within_calibration"] is False and point["interpolated"] is False
+        assert point["rank1"] is None and point["mAP"] is None and point["sigma"] > 0
+
+
+def test_other_measured_figures_are_passed_on():
+    data = calibration()
+    for p in data["points"]:
+        p["attack_top1"] = {"mean": 0.05, "std": 0.0}
+    point = expected_utility(data, [10.0], delta=1e-5, clip_norm=1.0)["points"][0]
+    assert point["extra"] == {"attack_top1": pytest.approx(0.05)}
 
 
 def test_file_beside_checkpoint(tmp_path):

@@ -6,14 +6,31 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.api.contract import ADMIN_AUTH, JSON_BODY, PARAMS, errors
 from app.api.deps import AdminDep, SessionDep, get_state
-from app.api.schemas import AuditOut, KeyIn, KeyIssued, KeyOut, PolicyIn, PolicyOut, TenantIn, TenantOut, TenantPatch, epsilon_out
+from app.api.schemas import (
+    DIGITS,
+    INT64_MAX,
+    AuditOut,
+    Epsilon,
+    KeyIn,
+    KeyIssued,
+    KeyOut,
+    PolicyIn,
+    PolicyOut,
+    TenantDeleted,
+    TenantIn,
+    TenantOut,
+    TenantPatch,
+    TradeoffOut,
+    epsilon_out,
+)
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.security import new_api_key
 from app.db.tables import ApiKey, AuditEntry, GalleryItem, PrivacyPolicyRow, Tenant
@@ -23,6 +40,8 @@ from models.privacy import gaussian_sigma
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
+TenantId = Annotated[int, Path(ge=1, le=INT64_MAX, description="tenant id", examples=[3]), DIGITS]
+KeyId = Annotated[int, Path(ge=1, le=INT64_MAX, description="API key id", examples=[7]), DIGITS]
 NO_NOISE_WARNING = "epsilon is inf: new records are stored WITHOUT differential-privacy noise"
 
 
@@ -56,7 +75,7 @@ def _tenant(session: Session, tenant_id: int) -> Tenant:
 def _policy(session: Session, tenant_id: int) -> PrivacyPolicyRow:
     row = session.get(PrivacyPolicyRow, tenant_id)
     if row is None:
-        raise NotFound(f"tenant {tenant_id} has no privacy policy yet; PUT /v1/admin/tenants/{tenant_id}/privacy")
+        raise Conflict(f"tenant {tenant_id} has no privacy policy yet; PUT /v1/admin/tenants/{tenant_id}/privacy")
     return row
 
 
@@ -74,7 +93,7 @@ def tenant_out(session: Session, tenant: Tenant, indexes: IndexRegistry) -> Tena
     )
 
 
-@router.post("/tenants", response_model=TenantOut, status_code=201)
+@router.post("/tenants", response_model=TenantOut, status_code=201, responses=errors(*ADMIN_AUTH, *JSON_BODY, Conflict))
 def create_tenant(body: TenantIn, request: Request, session: SessionDep, actor: AdminDep) -> TenantOut:
     settings = get_state(request).settings
     tenant = Tenant(name=body.name, retention_days=body.retention_days)
@@ -93,19 +112,19 @@ def create_tenant(body: TenantIn, request: Request, session: SessionDep, actor: 
     return tenant_out(session, tenant, get_state(request).indexes)
 
 
-@router.get("/tenants", response_model=list[TenantOut])
+@router.get("/tenants", response_model=list[TenantOut], responses=errors(*ADMIN_AUTH))
 def list_tenants(request: Request, session: SessionDep, _: AdminDep) -> list[TenantOut]:
     indexes = get_state(request).indexes
     return [tenant_out(session, t, indexes) for t in session.scalars(select(Tenant).order_by(Tenant.id)).all()]
 
 
-@router.get("/tenants/{tenant_id}", response_model=TenantOut)
-def get_tenant(tenant_id: int, request: Request, session: SessionDep, _: AdminDep) -> TenantOut:
+@router.get("/tenants/{tenant_id}", response_model=TenantOut, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound))
+def get_tenant(tenant_id: TenantId, request: Request, session: SessionDep, _: AdminDep) -> TenantOut:
     return tenant_out(session, _tenant(session, tenant_id), get_state(request).indexes)
 
 
-@router.patch("/tenants/{tenant_id}", response_model=TenantOut)
-def update_tenant(tenant_id: int, body: TenantPatch, request: Request, session: SessionDep, actor: AdminDep) -> TenantOut:
+@router.patch("/tenants/{tenant_id}", response_model=TenantOut, responses=errors(*ADMIN_AUTH, *JSON_BODY, NotFound, Conflict))
+def update_tenant(tenant_id: TenantId, body: TenantPatch, request: Request, session: SessionDep, actor: AdminDep) -> TenantOut:
     tenant = _tenant(session, tenant_id)
     changes = body.model_dump(exclude_unset=True)
     for key, value in changes.items():
@@ -119,8 +138,8 @@ def update_tenant(tenant_id: int, body: TenantPatch, request: Request, session: 
     return tenant_out(session, tenant, get_state(request).indexes)
 
 
-@router.delete("/tenants/{tenant_id}", status_code=200)
-async def delete_tenant(tenant_id: int, request: Request, actor: AdminDep) -> dict[str, int]:
+@router.delete("/tenants/{tenant_id}", response_model=TenantDeleted, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound))
+async def delete_tenant(tenant_id: TenantId, request: Request, actor: AdminDep) -> TenantDeleted:
     """Delete a tenant with its keys, gallery, budgets and index files."""
     state = get_state(request)
 
@@ -135,12 +154,12 @@ async def delete_tenant(tenant_id: int, request: Request, actor: AdminDep) -> di
             return int(count)
 
     erased = await run_in_threadpool(run)
-    state.metrics.gallery_size.labels(str(tenant_id)).set(0)
-    return {"deleted": 1, "items_erased": erased}
+    state.metrics.forget_tenant(tenant_id)
+    return TenantDeleted(deleted=1, items_erased=erased)
 
 
-@router.post("/tenants/{tenant_id}/keys", response_model=KeyIssued, status_code=201)
-def issue_key(tenant_id: int, body: KeyIn, session: SessionDep, actor: AdminDep) -> KeyIssued:
+@router.post("/tenants/{tenant_id}/keys", response_model=KeyIssued, status_code=201, responses=errors(*ADMIN_AUTH, *JSON_BODY, NotFound))
+def issue_key(tenant_id: TenantId, body: KeyIn, session: SessionDep, actor: AdminDep) -> KeyIssued:
     _tenant(session, tenant_id)
     key = new_api_key()
     row = ApiKey(tenant_id=tenant_id, prefix=key.prefix, secret_hash=key.secret_hash, label=body.label)
@@ -151,15 +170,15 @@ def issue_key(tenant_id: int, body: KeyIn, session: SessionDep, actor: AdminDep)
     return KeyIssued(id=row.id, prefix=row.prefix, label=row.label, created_at=row.created_at, revoked_at=None, api_key=key.plaintext)
 
 
-@router.get("/tenants/{tenant_id}/keys", response_model=list[KeyOut])
-def list_keys(tenant_id: int, session: SessionDep, _: AdminDep) -> list[KeyOut]:
+@router.get("/tenants/{tenant_id}/keys", response_model=list[KeyOut], responses=errors(*ADMIN_AUTH, *PARAMS, NotFound))
+def list_keys(tenant_id: TenantId, session: SessionDep, _: AdminDep) -> list[KeyOut]:
     _tenant(session, tenant_id)
     rows = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.id)).all()
     return [KeyOut(id=r.id, prefix=r.prefix, label=r.label, created_at=r.created_at, revoked_at=r.revoked_at) for r in rows]
 
 
-@router.delete("/tenants/{tenant_id}/keys/{key_id}", response_model=KeyOut)
-def revoke_key(tenant_id: int, key_id: int, session: SessionDep, actor: AdminDep) -> KeyOut:
+@router.delete("/tenants/{tenant_id}/keys/{key_id}", response_model=KeyOut, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound))
+def revoke_key(tenant_id: TenantId, key_id: KeyId, session: SessionDep, actor: AdminDep) -> KeyOut:
     row = session.get(ApiKey, key_id)
     if row is None or row.tenant_id != tenant_id:
         raise NotFound(f"key {key_id} of tenant {tenant_id} not found")
@@ -170,14 +189,14 @@ def revoke_key(tenant_id: int, key_id: int, session: SessionDep, actor: AdminDep
     return KeyOut(id=row.id, prefix=row.prefix, label=row.label, created_at=row.created_at, revoked_at=row.revoked_at)
 
 
-@router.get("/tenants/{tenant_id}/privacy", response_model=PolicyOut)
-def get_privacy(tenant_id: int, session: SessionDep, _: AdminDep) -> PolicyOut:
+@router.get("/tenants/{tenant_id}/privacy", response_model=PolicyOut, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound, Conflict))
+def get_privacy(tenant_id: TenantId, session: SessionDep, _: AdminDep) -> PolicyOut:
     _tenant(session, tenant_id)
     return policy_out(_policy(session, tenant_id))
 
 
-@router.put("/tenants/{tenant_id}/privacy", response_model=PolicyOut)
-def set_privacy(tenant_id: int, body: PolicyIn, request: Request, session: SessionDep, actor: AdminDep) -> PolicyOut:
+@router.put("/tenants/{tenant_id}/privacy", response_model=PolicyOut, responses=errors(*ADMIN_AUTH, *JSON_BODY, NotFound))
+def set_privacy(tenant_id: TenantId, body: PolicyIn, request: Request, session: SessionDep, actor: AdminDep) -> PolicyOut:
     """Applies to new records only: stored records keep the parameters they were released with."""
     _tenant(session, tenant_id)
     if (body.subject_delta is not None) and body.subject_epsilon is None:
@@ -199,28 +218,29 @@ def set_privacy(tenant_id: int, body: PolicyIn, request: Request, session: Sessi
     return after
 
 
-@router.get("/tenants/{tenant_id}/privacy/tradeoff")
+@router.get("/tenants/{tenant_id}/privacy/tradeoff", response_model=TradeoffOut, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound))
 def privacy_tradeoff(
-    tenant_id: int,
+    tenant_id: TenantId,
     request: Request,
     session: SessionDep,
     _: AdminDep,
-    epsilon: Annotated[list[float] | None, Query(description="candidate epsilons (default: the calibration grid)")] = None,
-) -> dict[str, Any]:
+    epsilon: Annotated[list[Epsilon] | None, Query(max_length=64, description="candidate epsilons (default: the calibration grid)")] = None,
+) -> TradeoffOut:
     """Expected search quality at candidate ε, from the checkpoint's calibration file."""
     _tenant(session, tenant_id)
     state = get_state(request)
-    row = _policy(session, tenant_id)
-    return expected_utility(state.calibration, epsilon, delta=row.delta, clip_norm=row.clip_norm)
+    row = session.get(PrivacyPolicyRow, tenant_id)  # no policy yet: the defaults a new policy would get
+    delta, clip_norm = (row.delta, row.clip_norm) if row is not None else (state.settings.default_delta, state.settings.clip_norm)
+    return TradeoffOut.model_validate(expected_utility(state.calibration, epsilon, delta=delta, clip_norm=clip_norm))
 
 
-@router.get("/audit", response_model=list[AuditOut])
+@router.get("/audit", response_model=list[AuditOut], summary="Audit log, newest first", responses=errors(*ADMIN_AUTH, *PARAMS))
 def list_audit(
     session: SessionDep,
     _: AdminDep,
-    tenant_id: int | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    tenant_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="only this tenant's entries"), DIGITS] = None,
+    limit: Annotated[int, Query(ge=1, le=1000), DIGITS] = 100,
+    before_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="entries older than this id (paging)"), DIGITS] = None,
 ) -> list[AuditOut]:
     query = select(AuditEntry)
     if tenant_id is not None:

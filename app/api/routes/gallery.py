@@ -5,28 +5,36 @@ from __future__ import annotations
 import json
 import math
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from app.api.contract import ENCODER, JSON_BODY, LIMITED, PARAMS, TENANT_AUTH, UPLOAD, errors
 from app.api.deps import SessionDep, TenantDep, get_state
 from app.api.schemas import (
+    DIGITS,
+    IDENTIFIER_SCHEMA,
+    INT64_MAX,
+    NO_CONTROL_CHARS,
     CountOut,
     EnrollOut,
     EraseIn,
+    FiniteFloat,
     HitOut,
+    Identifier,
     ItemMetadata,
     ItemOut,
     ItemPage,
     NoiseOut,
     SearchOut,
+    Timestamp,
     epsilon_out,
+    optional,
 )
-from app.core.errors import DomainError, InvalidInput, NotFound, PayloadTooLarge
+from app.core.errors import Conflict, DomainError, InvalidImage, InvalidInput, NotFound, PayloadTooLarge, PrivacyBudgetExceeded
 from app.db.tables import GalleryItem
 from app.services.gallery import ItemInput, SearchFilters
 from app.services.images import ImageLimits, decode_crop
@@ -36,13 +44,24 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/v1", tags=["gallery"])
 METADATA_EXAMPLE = '[{"camera_id": "cam-1", "captured_at": "2026-11-26T08:00:00Z", "subject_ref": "track-17"}]'
+K_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 100}
+TIMESTAMP_SCHEMA = {"type": "string", "format": "date-time"}
+ItemId = Annotated[int, Path(ge=1, le=INT64_MAX, description="gallery item id", examples=[42])]
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _parse_metadata(raw: str, count: int) -> list[ItemMetadata]:
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"metadata is not valid JSON: {exc.msg}") from None
+    except ValueError as exc:  # NaN / Infinity
+        raise InvalidInput(f"metadata is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("metadata is nested too deeply") from None
     if not isinstance(data, list):
         raise InvalidInput("metadata must be a JSON array with one object per image, in order")
     if len(data) != count:
@@ -76,19 +95,23 @@ async def _decode_all(request: Request, files: list[UploadFile]) -> list[torch.T
 
     crops, errors = await run_in_threadpool(decode)
     if errors:
-        statuses = {exc.status_code for _, exc in errors}
         first = errors[0][1]
-        error = type(first)(
+        # One status for the batch: the shared one, else 422 invalid_image; details give each item's own code.
+        kind = type(first) if len({type(exc) for _, exc in errors}) == 1 else InvalidImage
+        raise kind(
             f"{len(errors)} of {len(files)} image(s) rejected; nothing was stored. First: {first.message}",
             details=[{"item": i, "code": exc.code, "message": exc.message} for i, exc in errors],
         )
-        if len(statuses) > 1:
-            error.status_code = 422
-        raise error
     return crops
 
 
-@router.post("/gallery", response_model=EnrollOut, status_code=201, summary="Enroll crops (atomic: all or none)")
+@router.post(
+    "/gallery",
+    response_model=EnrollOut,
+    status_code=201,
+    summary="Enroll crops (atomic: all or none)",
+    responses=errors(*TENANT_AUTH, *UPLOAD, *LIMITED, *ENCODER, Conflict, PrivacyBudgetExceeded),
+)
 async def enroll(
     request: Request,
     tenant: TenantDep,
@@ -128,23 +151,29 @@ async def enroll(
     )
 
 
-@router.post("/search", response_model=SearchOut, summary="Search the tenant's gallery with a query crop")
+@router.post(
+    "/search",
+    response_model=SearchOut,
+    summary="Search the tenant's gallery with a query crop",
+    responses=errors(*TENANT_AUTH, *UPLOAD, *LIMITED, *ENCODER),
+)
 async def search(
     request: Request,
     tenant: TenantDep,
     image: Annotated[UploadFile, File(description="query crop (never stored)")],
-    k_form: Annotated[int | None, Form(alias="k")] = None,
-    k_query: Annotated[int | None, Query(alias="k")] = None,
-    camera_ids: Annotated[str | None, Form(description="comma-separated camera ids")] = None,
-    captured_from: Annotated[datetime | None, Form()] = None,
-    captured_to: Annotated[datetime | None, Form()] = None,
-    min_score: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
-    subject_ref: Annotated[str | None, Form()] = None,
+    k: Annotated[int | None, Form(ge=1, le=100, description="hits to return (default 10)"), optional(K_SCHEMA), DIGITS] = None,
+    camera_ids: Annotated[
+        str | None,
+        Form(max_length=4000, pattern=NO_CONTROL_CHARS, description="comma-separated camera ids", examples=["cam-1,cam-2"]),
+        optional({"type": "string", "maxLength": 4000, "pattern": NO_CONTROL_CHARS}),
+    ] = None,
+    captured_from: Annotated[Timestamp | None, Form(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
+    captured_to: Annotated[Timestamp | None, Form(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
+    min_score: Annotated[FiniteFloat | None, Form(ge=-1.0, le=1.0), optional({"type": "number", "minimum": -1.0, "maximum": 1.0})] = None,
+    subject_ref: Annotated[Identifier | None, Form(), optional(IDENTIFIER_SCHEMA)] = None,
 ) -> SearchOut:
     state = get_state(request)
-    k = k_form if k_form is not None else (k_query if k_query is not None else 10)
-    if not 1 <= k <= 100:
-        raise InvalidInput(f"k must be between 1 and 100, got {k}")
+    k = k if k is not None else 10
     crops = await _decode_all(request, [image])
     started = time.perf_counter()
     query = await state.embedding.embed(crops)
@@ -161,24 +190,24 @@ async def search(
     return SearchOut(k=k, hits=[HitOut(**ItemOut.of(h.item).model_dump(), score=h.score) for h in hits])
 
 
-@router.get("/gallery/{item_id}", response_model=ItemOut)
-def get_item(item_id: int, tenant: TenantDep, session: SessionDep) -> ItemOut:
+@router.get("/gallery/{item_id:int}", response_model=ItemOut, responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED, NotFound))
+def get_item(item_id: ItemId, tenant: TenantDep, session: SessionDep) -> ItemOut:
     row = session.get(GalleryItem, item_id)
     if row is None or row.tenant_id != tenant.tenant_id:
         raise NotFound(f"gallery item {item_id} not found")
     return ItemOut.of(row)
 
 
-@router.get("/gallery", response_model=ItemPage, summary="List items (cursor pagination by id)")
+@router.get("/gallery", response_model=ItemPage, summary="List items (cursor pagination by id)", responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED))
 def list_items(
     tenant: TenantDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after_id: Annotated[int, Query(ge=0)] = 0,
-    camera_id: str | None = None,
-    subject_ref: str | None = None,
-    captured_from: datetime | None = None,
-    captured_to: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000), DIGITS] = 100,
+    after_id: Annotated[int, Query(ge=0, le=INT64_MAX, description="the previous page's next_after_id"), DIGITS] = 0,
+    camera_id: Annotated[Identifier | None, Query(), optional(IDENTIFIER_SCHEMA)] = None,
+    subject_ref: Annotated[Identifier | None, Query(), optional(IDENTIFIER_SCHEMA)] = None,
+    captured_from: Annotated[Timestamp | None, Query(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
+    captured_to: Annotated[Timestamp | None, Query(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
 ) -> ItemPage:
     query = select(GalleryItem).where(GalleryItem.tenant_id == tenant.tenant_id, GalleryItem.id > after_id)
     if camera_id is not None:
@@ -194,8 +223,8 @@ def list_items(
     return ItemPage(items=[ItemOut.of(r) for r in page], next_after_id=page[-1].id if len(rows) > limit else None)
 
 
-@router.delete("/gallery/{item_id}", response_model=CountOut)
-async def delete_item(request: Request, item_id: int, tenant: TenantDep) -> CountOut:
+@router.delete("/gallery/{item_id:int}", response_model=CountOut, responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED, NotFound))
+async def delete_item(request: Request, item_id: ItemId, tenant: TenantDep) -> CountOut:
     state = get_state(request)
     deleted = await run_in_threadpool(state.gallery.delete_items, tenant.tenant_id, [item_id])
     if deleted == 0:
@@ -204,10 +233,13 @@ async def delete_item(request: Request, item_id: int, tenant: TenantDep) -> Coun
     return CountOut(deleted=deleted)
 
 
-@router.post("/gallery/erase", response_model=CountOut, summary="Erase items by subject and/or capture time")
+@router.post(
+    "/gallery/erase",
+    response_model=CountOut,
+    summary="Erase items by subject and/or capture time",
+    responses=errors(*TENANT_AUTH, *JSON_BODY, *LIMITED),
+)
 async def erase(request: Request, body: EraseIn, tenant: TenantDep) -> CountOut:
-    if body.subject_ref is None and body.before is None:
-        raise InvalidInput("give subject_ref and/or before; erasing a whole gallery is an admin operation (delete the tenant)")
     state = get_state(request)
     deleted = await run_in_threadpool(state.gallery.erase, tenant.tenant_id, subject_ref=body.subject_ref, before=body.before)
     state.metrics.gallery_size.labels(str(tenant.tenant_id)).set(state.indexes.get(tenant.tenant_id).size)

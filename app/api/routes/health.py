@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Request, Response, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.api.contract import ADMIN_AUTH, PARAMS, AuthorizationHeader, admin_key_scheme, bearer_token, errors
 from app.api.deps import get_state
-from app.api.schemas import ModelOut
+from app.api.schemas import HealthOut, ModelOut, ReadyOut
+from app.core.errors import Forbidden, Unauthorized
 
 router = APIRouter(tags=["operations"])
 
+METRICS_EXAMPLE = """# HELP reid_gallery_items items in a tenant's gallery
+# TYPE reid_gallery_items gauge
+reid_gallery_items{tenant="3"} 5317.0
+"""
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+
+@router.get("/healthz", response_model=HealthOut, summary="Liveness", responses=errors())
+def healthz() -> HealthOut:
+    return HealthOut(status="ok")
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    summary="Readiness: model loaded, database reachable, indexes in sync with SQL",
+    responses={503: {"model": ReadyOut, "description": "not ready yet; `checks` says which part is missing"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     state = getattr(request.app.state, "reid", None)
     checks = {"model": False, "database": False, "indexes": False}
@@ -41,12 +56,39 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
-def metrics(request: Request) -> Response:
+def require_metrics_reader(
+    request: Request,
+    x_admin_key: Annotated[str | None, Security(admin_key_scheme)] = None,
+    authorization: AuthorizationHeader = None,
+) -> None:
+    """The admin key as X-Admin-Key or ``Authorization: Bearer`` (what Prometheus sends); none if REID_METRICS_AUTH=none."""
+    state = get_state(request)
+    if state.settings.metrics_auth == "none":
+        return
+    key = x_admin_key if x_admin_key is not None else bearer_token(authorization)
+    if not key:
+        raise Unauthorized("missing admin key: send X-Admin-Key or Authorization: Bearer <admin key>")
+    if not hmac.compare_digest(key.encode(), state.admin_key.encode()):
+        raise Forbidden("invalid admin key")
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (admin key, unless REID_METRICS_AUTH=none; see also REID_METRICS_ADDRESS)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}, "example": METRICS_EXAMPLE}},
+        },
+        **errors(*ADMIN_AUTH, *PARAMS),
+    },
+)
+def metrics(request: Request, _: Annotated[None, Security(require_metrics_reader)]) -> Response:
     return Response(generate_latest(get_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/model", response_model=ModelOut, tags=["model"])
+@router.get("/v1/model", response_model=ModelOut, tags=["model"], summary="The encoder that serves this gallery", responses=errors())
 def model_info(request: Request) -> ModelOut:
     embedder = get_state(request).embedding.embedder
     meta = embedder.metadata

@@ -1,0 +1,1 @@
+"""HTTP plumbing that is not a route: the request body limit, the operators' console."""
