@@ -520,6 +520,11 @@ class ModelOut(BaseModel):
     checkpoint_sha256: str | None
     untrained_fallback: bool
     metrics: dict[str, Any] | None = None
+    model_mismatch_tenants: list[int] = Field(
+        default_factory=list,
+        description="tenants whose gallery was enrolled with another encoder: their searches answer 409 model_mismatch until the gallery is "
+        "erased and enrolled again, or the matching checkpoint is served",
+    )
 
 
 class HealthOut(BaseModel):
@@ -528,9 +533,14 @@ class HealthOut(BaseModel):
 
 
 class ReadyOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"ready": True, "checks": {"model": True, "database": True, "indexes": True}}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"ready": True, "checks": {"model": True, "database": True, "indexes": True}, "model_mismatch_tenants": []}]}
+    )
     ready: bool
     checks: dict[str, bool]
+    model_mismatch_tenants: list[int] = Field(
+        default_factory=list, description="tenants whose gallery another encoder made: their searches answer 409 model_mismatch"
+    )
 
 
 RatePerSecond = Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(_whole_number)]
