@@ -10,7 +10,7 @@ import time
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MemoryStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 
 from app.core.errors import PayloadTooLarge, RateLimited
 
@@ -19,7 +19,7 @@ CROP_WINDOW_S = 10  # crops are counted over 10 s, so that a batch larger than o
 
 class RateLimiter:
     def __init__(self) -> None:
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def _hit(self, item: RateLimitItem, key: str, cost: int, what: str) -> None:
         if self._limiter.hit(item, key, cost=cost):

@@ -30,7 +30,7 @@ def test_search_among_selected_ids_only(tmp_path):
     index = TenantIndex(tenant_id=1, config=IndexConfig(dim=8), path=tmp_path / "t.index")
     feats, ids = unit_rows(50, 8, 3), np.arange(1, 51)
     index.add(ids, feats)
-    scores, found = index.search(feats[0:1], 10, only_ids=np.array([7, 9, 40]))
+    _, found = index.search(feats[0:1], 10, only_ids=np.array([7, 9, 40]))
     assert sorted(found[0][found[0] >= 0]) == [7, 9, 40] and found.shape == (1, 3)
 
 
