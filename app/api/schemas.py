@@ -254,6 +254,59 @@ class SearchOut(BaseModel):
     k: int
 
 
+_GROUP_HIT_EXAMPLE: dict[str, Any] = {
+    "score": 0.71,
+    "item_ids": [42, 43, 57],
+    "cameras": ["cam-07", "cam-09"],
+    "first_seen": "2026-11-26T08:15:00Z",
+    "last_seen": "2026-11-26T08:16:40Z",
+    "count": 3,
+}
+
+
+class GroupHitBase(BaseModel):
+    """One group (a track or a subject): its records' released features averaged, L2-normalised, then matched."""
+
+    score: float = Field(description="cosine of the query to the normalised mean of the group's records that pass the filters")
+    item_ids: list[int] = Field(description="the records averaged into this hit, ascending")
+    cameras: list[str] = Field(description="the cameras of those records, sorted")
+    first_seen: UtcDatetime = Field(description="earliest captured_at of those records")
+    last_seen: UtcDatetime = Field(description="latest captured_at of those records")
+    count: int = Field(description="number of records averaged")
+
+
+class TrackHitOut(GroupHitBase):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"track_ref": "t-4411", **_GROUP_HIT_EXAMPLE}]})
+    track_ref: str
+
+
+class SubjectHitOut(GroupHitBase):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"subject_ref": "person-17", **_GROUP_HIT_EXAMPLE}]})
+    subject_ref: str
+
+
+class TrackSearchOut(BaseModel):
+    """``group_by=track_ref``: hits are tracks, best first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"group_by": "track_ref", "k": 10, "hits": [{"track_ref": "t-4411", **_GROUP_HIT_EXAMPLE}]}]}
+    )
+    group_by: Literal["track_ref"]
+    k: int
+    hits: list[TrackHitOut]
+
+
+class SubjectSearchOut(BaseModel):
+    """``group_by=subject_ref``: hits are subjects, best first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"group_by": "subject_ref", "k": 10, "hits": [{"subject_ref": "person-17", **_GROUP_HIT_EXAMPLE}]}]}
+    )
+    group_by: Literal["subject_ref"]
+    k: int
+    hits: list[SubjectHitOut]
+
+
 class ItemPage(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_ITEM_EXAMPLE], "next_after_id": 42}]})
     items: list[ItemOut]

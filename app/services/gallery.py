@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.errors import Conflict, PrivacyBudgetExceeded
 from app.db.tables import GalleryItem, PrivacyPolicyRow, SubjectBudget, Tenant
 from app.index.faiss_store import IndexRegistry
+from app.services.groups import GroupBy, GroupFilters, GroupHit, GroupSearch
 from app.services.privacy import BudgetCheck, TenantPolicy, release_mu_squared
 from models.privacy.mechanism import GaussianMechanism, NoiseParameters
 
@@ -94,6 +95,7 @@ class GalleryService:
     indexes: IndexRegistry
     mechanism: GaussianMechanism
     model_sha256: str | None = None
+    groups: GroupSearch = field(default_factory=GroupSearch)  # grouped search's record cache (app/services/groups.py)
     _locks: dict[int, threading.Lock] = field(default_factory=lambda: defaultdict(threading.Lock))
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -159,6 +161,17 @@ class GalleryService:
             if len(hits) >= k or fetch >= index.size:
                 return hits[:k]
             fetch = min(index.size, fetch * 4)
+
+    def search_groups(self, tenant_id: int, query: np.ndarray, k: int, group_by: GroupBy, filters: SearchFilters) -> list[GroupHit]:
+        """Top-k tracks or subjects: each group's released records averaged, then L2-normalised (app/services/groups.py)."""
+        group_filters = GroupFilters(
+            camera_ids=filters.camera_ids,
+            captured_from=filters.captured_from,
+            captured_to=filters.captured_to,
+            min_score=filters.min_score,
+            subject_ref=filters.subject_ref,
+        )
+        return self.groups.search(self.sessions, tenant_id, group_by, query, k, group_filters)
 
     def _hydrate(self, tenant_id: int, pairs: list[tuple[int, float]], filters: SearchFilters) -> list[Hit]:
         if not pairs:
