@@ -131,6 +131,7 @@ class AuditEntry(_Model):
 
 class TradeoffPoint(_Model):
     epsilon: float
+    grouping: Literal["record", "track"] = "record"
     delta: float
     sigma: float
     within_calibration: bool
@@ -148,6 +149,10 @@ class Tradeoff(_Model):
     checkpoint_sha256: str | None = None
     points: list[TradeoffPoint] = []
     no_noise: dict[str, float] | None = None
+    groupings: dict[str, str] | None = None
+    track_points: list[TradeoffPoint] = []
+    track_no_noise: dict[str, float] | None = None
+    track_mean_size: float | None = None
 
 
 class ModelInfo(_Model):

@@ -497,6 +497,9 @@ class AuditOut(BaseModel):
 
 class TradeoffPoint(BaseModel):
     epsilon: float
+    grouping: Literal["record", "track"] = Field(
+        "record", description="record: per-record search; track: track search (group_by=track_ref, each track's records averaged)"
+    )
     delta: float
     sigma: float
     within_calibration: bool = Field(description="false outside the calibrated ε range: no figures are extrapolated (they are null)")
@@ -521,6 +524,7 @@ class TradeoffOut(BaseModel):
                     "points": [
                         {
                             "epsilon": 64.0,
+                            "grouping": "record",
                             "delta": 1e-5,
                             "sigma": 0.11,
                             "within_calibration": True,
@@ -531,6 +535,22 @@ class TradeoffOut(BaseModel):
                         }
                     ],
                     "no_noise": {"rank1": 0.439, "mAP": 0.434},
+                    "groupings": {"record": "per-record search", "track": "track search (group_by=track_ref)"},
+                    "track_points": [
+                        {
+                            "epsilon": 64.0,
+                            "grouping": "track",
+                            "delta": 1e-5,
+                            "sigma": 0.11,
+                            "within_calibration": True,
+                            "interpolated": False,
+                            "rank1": 0.52,
+                            "mAP": 0.55,
+                            "extra": {},
+                        }
+                    ],
+                    "track_no_noise": {"rank1": 0.58, "mAP": 0.59},
+                    "track_mean_size": 3.8,
                 }
             ]
         }
@@ -542,8 +562,14 @@ class TradeoffOut(BaseModel):
     checkpoint_sha256: str | None = None
     data: str | None = None
     note: str | None = None
-    points: list[TradeoffPoint]
-    no_noise: dict[str, float] | None = Field(None, description="figures without noise (ε = inf), when calibrated")
+    points: list[TradeoffPoint] = Field(description="per-record search (grouping: record)")
+    no_noise: dict[str, float] | None = Field(None, description="per-record figures without noise (ε = inf), when calibrated")
+    groupings: dict[str, str] | None = Field(None, description="what each grouping's numbers measure")
+    track_points: list[TradeoffPoint] = Field(
+        default_factory=list, description="track search (grouping: track); empty when the calibration file has no track rows"
+    )
+    track_no_noise: dict[str, float] | None = Field(None, description="track-search figures without noise (ε = inf), when calibrated")
+    track_mean_size: float | None = Field(None, description="mean records per track on the calibration split")
 
 
 class ModelOut(BaseModel):
