@@ -24,6 +24,7 @@ from app.core.errors import Conflict, ModelMismatch, PrivacyBudgetExceeded
 from app.db.session import LOCK_RETENTION, TenantWriteLocks, run_once_lock
 from app.db.tables import GalleryChange, GalleryHead, GalleryItem, PrivacyPolicyRow, ServiceJob, SubjectBudget, Tenant
 from app.index.faiss_store import IndexRegistry, TenantIndex
+from app.services.groups import GroupBy, GroupFilters, GroupHit, GroupSearch
 from app.services.privacy import BudgetCheck, TenantPolicy, release_mu_squared
 from models.privacy.mechanism import GaussianMechanism, NoiseParameters
 
@@ -120,6 +121,7 @@ class GalleryService:
     change_log_days: float = 7.0
     locks: TenantWriteLocks = field(init=False)
     mismatched: dict[int, EncoderIdentity] = field(default_factory=dict)  # tenants whose gallery another encoder made
+    groups: GroupSearch = field(default_factory=GroupSearch)  # grouped search's record cache (app/services/groups.py)
 
     def __post_init__(self) -> None:
         self.locks = TenantWriteLocks(self.engine)
@@ -275,6 +277,17 @@ class GalleryService:
             query = query.where(GalleryItem.captured_at <= f.captured_to)
         with self.sessions() as session:
             return np.fromiter(session.scalars(query), dtype=np.int64)
+
+    def search_groups(self, tenant_id: int, query: np.ndarray, k: int, group_by: GroupBy, filters: SearchFilters) -> list[GroupHit]:
+        """Top-k tracks or subjects: each group's released records averaged, then L2-normalised (app/services/groups.py)."""
+        group_filters = GroupFilters(
+            camera_ids=filters.camera_ids,
+            captured_from=filters.captured_from,
+            captured_to=filters.captured_to,
+            min_score=filters.min_score,
+            subject_ref=filters.subject_ref,
+        )
+        return self.groups.search(self.sessions, tenant_id, group_by, query, k, group_filters)
 
     def _hydrate(self, tenant_id: int, pairs: list[tuple[int, float]]) -> list[Hit]:
         if not pairs:
