@@ -69,7 +69,7 @@ class EmbeddingService:
         self.max_queue_crops = max_queue_crops
         self.max_queue_seconds = max_queue_seconds
         self.pending_crops = 0  # waiting or being encoded (changed on the event loop only)
-        self._crops_per_s = 50.0  # running estimate of the encoder's throughput
+        self._crops_per_s: float | None = None  # the encoder's measured throughput (None until its first call ends)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -77,13 +77,15 @@ class EmbeddingService:
 
     def retry_after_s(self) -> float:
         """How long the crops in the queue take at the measured rate."""
-        return min(30.0, max(0.05, self.pending_crops / max(self._crops_per_s, 1e-3)))
+        return min(30.0, max(0.05, self.pending_crops / max(self._crops_per_s or 50.0, 1e-3)))
 
     def _full(self, count: int) -> bool:
         """Would ``count`` more crops pass the queue's bound in crops, or in seconds of work at the measured rate?"""
         if self.max_queue_crops is not None and self.pending_crops + count > self.max_queue_crops:
             return True
-        return self.max_queue_seconds is not None and (self.pending_crops + count) / max(self._crops_per_s, 1e-3) > self.max_queue_seconds
+        if self.max_queue_seconds is None or self._crops_per_s is None:
+            return False
+        return (self.pending_crops + count) / max(self._crops_per_s, 1e-3) > self.max_queue_seconds
 
     async def embed(self, crops: list[torch.Tensor]) -> np.ndarray:
         count = len(crops)
@@ -115,7 +117,7 @@ class EmbeddingService:
         started = time.perf_counter()
         features = await loop.run_in_executor(self._executor, self.embedder.embed, batch, self.forward_chunk)
         rate = batch.shape[0] / max(time.perf_counter() - started, 1e-6)
-        self._crops_per_s = 0.8 * self._crops_per_s + 0.2 * rate
+        self._crops_per_s = rate if self._crops_per_s is None else 0.5 * self._crops_per_s + 0.5 * rate
         return features
 
     async def _merge_loop(self) -> None:
