@@ -32,7 +32,7 @@ DATA = ROOT.parent / "shared" / "datasets" / "cuhk03-detected" / "bounding_box_t
 class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
     statuses: Counter[str] = field(default_factory=Counter)
-    latency: dict[str, list[float]] = field(default_factory=lambda: {"enroll": [], "search": []})
+    latency: dict[str, list[float]] = field(default_factory=lambda: {"enroll": [], "search": [], "answered_2xx": []})
     acknowledged: list[int] = field(default_factory=list)
     crops_enrolled: int = 0
     searches_ok: int = 0
@@ -84,6 +84,8 @@ def client_loop(n: int, url: str, key: str, crops: list[bytes], batch: int, dead
             with tally.lock:
                 tally.statuses[str(response.status_code)] += 1
                 tally.latency[kind].append(elapsed)
+                if response.status_code < 300:
+                    tally.latency["answered_2xx"].append(elapsed)
                 if response.status_code == 201:
                     ids = response.json()["ids"]
                     tally.acknowledged.extend(ids)
@@ -183,6 +185,7 @@ def main() -> None:
         "latency_all": percentiles(tally.latency["enroll"] + tally.latency["search"]),
         "latency_enroll": percentiles(tally.latency["enroll"]),
         "latency_search": percentiles(tally.latency["search"]),
+        "latency_2xx_only": percentiles(tally.latency["answered_2xx"]),
         "acknowledged_ids": len(tally.acknowledged),
         "gallery_size": gallery_size,
         "replica_index_sizes": replica_sizes,
