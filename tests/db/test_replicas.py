@@ -120,3 +120,18 @@ def test_a_replica_that_starts_later_catches_up_from_sql(replicas, db_url, tmp_p
     settings = Settings(data_dir=tmp_path / "c", database_url=db_url, admin_key=ADMIN_KEY, device="cpu")
     with TestClient(create_app(settings, embedder=tiny_embedder)) as c:
         assert search(c, key, 6, k=1).json()["hits"][0]["id"] == ids[1]
+
+
+def test_retention_runs_once_however_many_replicas_try(replicas):
+    a, b = replicas
+    tenant_id, key = make_tenant(a, "expiring")
+    a.patch(f"/v1/admin/tenants/{tenant_id}", json={"retention_days": 30}, headers=ADMIN)
+    enroll(a, key, [1, 2], [meta(captured_at="2020-01-01T00:00:00Z"), meta()])
+    results: list[dict[int, int]] = []
+    runs = [threading.Thread(target=lambda c=c: results.append(c.app.state.reid.gallery.purge_expired(min_interval_s=3600))) for c in (a, b, a, b)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    assert sorted(results, key=len) == [{}, {}, {}, {tenant_id: 1}]
+    assert b.app.state.reid.gallery.purge_expired(min_interval_s=3600) == {}  # ran within the interval: skipped
