@@ -1,7 +1,7 @@
 """The deployed Re-ID encoder: backbone, global pooling, embedding, BNNeck.
 
 This module is everything that ships; the classifier, De-ID decoder and Adv-ID adversary
-live in the training wrapper (``models.training``) and never enter a checkpoint.
+live in the training wrapper (``models.stage_one``) and never enter a checkpoint.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ FEATURE_DOMAINS = ("signed", "nonnegative")
 class ReIDEncoder(nn.Module):
     """Backbone -> GAP -> linear embedding -> BNNeck.
 
-    ``forward`` returns L2-normalised BNNeck features in eval mode; in training mode it
-    returns ``(pre_bn, post_bn)`` (triplet loss on the first, classifier on the second).
+    ``forward`` returns L2-normalised BNNeck features in eval mode and the raw BNNeck output in
+    training mode; ``forward_train`` returns ``(pre_bn, post_bn)`` (triplet loss on the first,
+    classifier on the second).
     With ``flip_average`` the eval-mode feature is that of the crop plus that of its
     mirror image (the usual Re-ID test-time flip; twice the inference cost).
 

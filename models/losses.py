@@ -1,4 +1,4 @@
-"""Re-ID losses: label-smoothed identity cross-entropy and batch-hard triplet."""
+"""Re-ID losses: label-smoothed identity cross-entropy, batch-hard triplet, and the noisy-gallery retrieval loss of noise-aware training."""
 
 from __future__ import annotations
 

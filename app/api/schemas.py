@@ -599,6 +599,11 @@ class ModelOut(BaseModel):
     checkpoint_sha256: str | None
     untrained_fallback: bool
     metrics: dict[str, Any] | None = None
+    model_mismatch_tenants: list[int] = Field(
+        default_factory=list,
+        description="tenants whose gallery was enrolled with another encoder: their searches answer 409 model_mismatch until the gallery is "
+        "erased and enrolled again, or the matching checkpoint is served",
+    )
 
 
 class HealthOut(BaseModel):
@@ -607,6 +612,42 @@ class HealthOut(BaseModel):
 
 
 class ReadyOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"ready": True, "checks": {"model": True, "database": True, "indexes": True}}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"ready": True, "checks": {"model": True, "database": True, "indexes": True}, "model_mismatch_tenants": []}]}
+    )
     ready: bool
     checks: dict[str, bool]
+    model_mismatch_tenants: list[int] = Field(
+        default_factory=list, description="tenants whose gallery another encoder made: their searches answer 409 model_mismatch"
+    )
+
+
+RatePerSecond = Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(_whole_number)]
+_RATE_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 1_000_000}
+
+
+class RateLimitsIn(StrictIn):
+    """Per-key rate limits for this tenant's keys (replaces the tenant's overrides). A field left out: the service
+    default (REID_RATE_REQUESTS_PER_SECOND, REID_RATE_CROPS_PER_SECOND); 0: unlimited."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"requests_per_second": 20, "crops_per_second": 200}, {}]})
+    requests_per_second: Annotated[RatePerSecond | None, optional(_RATE_SCHEMA), BeforeValidator(not_null)] = Field(
+        None, description="requests per second per key; leave out for the service default"
+    )
+    crops_per_second: Annotated[RatePerSecond | None, optional(_RATE_SCHEMA), BeforeValidator(not_null)] = Field(
+        None, description="crops (enrolled or searched) per second per key, over a 10 s window; leave out for the service default"
+    )
+
+
+class RateLimitsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"requests_per_second": 20, "crops_per_second": 1000, "requests_per_second_default": False, "crops_per_second_default": True}
+            ]
+        }
+    )
+    requests_per_second: int = Field(description="in force for each key of the tenant (0: unlimited)")
+    crops_per_second: int = Field(description="in force for each key of the tenant (0: unlimited)")
+    requests_per_second_default: bool = Field(description="true: the service default applies (no override)")
+    crops_per_second_default: bool = Field(description="true: the service default applies (no override)")

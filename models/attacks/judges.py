@@ -83,7 +83,7 @@ def train_in_domain_judge(data: Path, cache_dir: Path, *, peer_weights: Path | N
     The default recipe is a Re-ID baseline (no stage one) on OSNet x0.25 at 128×64 from the public
     MSMT17 weights, seed 17: another resolution, recipe and seed than any attacked model.
     """
-    from models.train import main as train_main
+    from models.cli.train import main as train_main
 
     recipe = dict(recipe or IN_DOMAIN_RECIPE)
     if peer_weights is not None and str(recipe["backbone"]).startswith("osnet"):

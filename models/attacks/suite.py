@@ -101,7 +101,7 @@ class EncoderFeatures:
 def encoder_features(name: str, checkpoint: Path, images: SplitImages, cache_dir: Path | None) -> EncoderFeatures:
     """Clean features of the three parts of the split (cached by checkpoint SHA-256)."""
     from models.checkpoint import file_sha256, load_encoder
-    from models.eval import extract
+    from models.cli.eval import extract
 
     sha = file_sha256(checkpoint)
     sizes = f"{len(images.train_paths)}-{len(images.query_paths)}-{len(images.gallery_paths)}"

@@ -1,4 +1,4 @@
-"""``reid-privacy-curve``: search quality and attack success against the privacy budget ε.
+"""The privacy curve: search quality and attack success against the privacy budget ε (``reid-privacy-curve``, :mod:`models.cli.privacy_curve`).
 
 Clean query features are matched against a gallery released through the Gaussian
 mechanism at each ε (δ fixed). Per ε and encoder, averaged over several noise draws:
@@ -8,13 +8,11 @@ across cameras). Every row says its ``grouping``: ``record`` rows match queries 
 released records; ``track`` rows (same noise draws) match them against the normalised mean of
 each track's released records, a track being one identity's gallery crops in one camera — what
 the service's ``group_by=track_ref`` search does (``models/evaluation/tracks.py``).
-Writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
+The CLI writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 from pathlib import Path
@@ -23,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.checkpoint import load_encoder
 from models.evaluation import cosine_distance, evaluate_rankings
 from models.evaluation.attack import id_accuracy
 from models.evaluation.tracks import evaluate_tracks
@@ -96,26 +93,6 @@ def curve_for(
     return rows + track_rows
 
 
-def calibration_payload(rows: list[dict[str, Any]], *, sha256: str | None, data: str, delta: float, draws: int) -> dict[str, Any]:
-    """The service's calibration file: ``points`` (grouping record, as before) and ``track_points`` (grouping track)."""
-
-    def keep(r: dict[str, Any]) -> dict[str, Any]:
-        return {k: r[k] for k in ("epsilon", "grouping", "sigma", "rank1", "mAP", "num_tracks", "mean_track_size") if k in r}
-
-    payload: dict[str, Any] = {
-        "checkpoint_sha256": sha256,
-        "data": data,
-        "delta": delta,
-        "draws": draws,
-        "groupings": GROUPINGS,
-        "points": [keep(r) for r in rows if r.get("grouping", "record") == "record"],
-    }
-    track_points = [keep(r) for r in rows if r.get("grouping") == "track"]
-    if track_points:
-        payload["track_points"] = track_points
-    return payload
-
-
 def _fmt(cell: dict[str, float] | None) -> str:
     if cell is None:
         return "–"
@@ -151,91 +128,23 @@ def write_markdown(path: Path, table: str) -> None:
         path.write_text(table + "\n")
 
 
-def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> None:
-    import matplotlib
+def calibration(checkpoint_sha256: str | None, data_name: str, delta: float, draws: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The service's calibration file for one encoder (``app/services/calibration.py`` reads it): its measured rank-1 /
+    mAP per ε, ``points`` for per-record search (grouping ``record``, as before) and ``track_points`` for track search
+    (grouping ``track``, when the rows have them)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def keep(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: r[k] for k in ("epsilon", "grouping", "sigma", "rank1", "mAP", "num_tracks", "mean_track_size") if k in r}
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, all_rows in results.items():
-        rows = [r for r in all_rows if r.get("grouping", "record") == "record"]
-        finite = [r for r in rows if r["epsilon"] != "inf"]
-        xs = [float(r["epsilon"]) for r in finite]
-        for ax, key, label in ((axes[0], "mAP", "mAP"), (axes[1], "id_acc_linear", "ID accuracy (linear attacker)")):
-            if key not in finite[0]:
-                continue
-            ys = [100 * r[key]["mean"] for r in finite]
-            err = [100 * r[key]["std"] for r in finite]
-            line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
-            clean = next((r for r in rows if r["epsilon"] == "inf"), None)
-            if clean is not None and key in clean:
-                ax.axhline(100 * clean[key]["mean"], ls="--", lw=1, color=line[0].get_color())
-            ax.set_xscale("log")
-            ax.set_xlabel("ε per record (δ = 1e-5); dashed: no noise")
-            ax.set_ylabel(f"{label} %")
-            ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
-    axes[0].set_title("Search quality: clean queries vs protected gallery")
-    axes[1].set_title("Identity attacker trained on the protected gallery")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reid-privacy-curve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="encoder checkpoint (the stage-one model)")
-    p.add_argument("--baseline", type=Path, help="baseline encoder checkpoint evaluated side by side")
-    p.add_argument("--data", type=Path, required=True, help="Market-1501-layout folder")
-    p.add_argument("--json", type=Path, required=True, help="write per-ε results here")
-    p.add_argument("--epsilons", type=float, nargs="+", default=DEFAULT_EPSILONS)
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--draws", type=int, default=3, help="noise draws per ε (at least 3 for the published table)")
-    p.add_argument("--no-attacker", action="store_true", help="skip the ID-accuracy attacker (faster)")
-    p.add_argument("--no-tracks", action="store_true", help="skip the track-level rows (grouping: track)")
-    p.add_argument("--plot", type=Path, help="PNG: mAP and ID accuracy against ε")
-    p.add_argument("--markdown", type=Path, help="Markdown file: the table replaces the one between its privacy-table markers")
-    p.add_argument("--calibration", type=Path, help="write the service's calibration file for --checkpoint here")
-    p.add_argument("--device", default="cpu")
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    from models.eval import split_features
-
-    encoders = [("stage-one", args.checkpoint)] + ([("baseline", args.baseline)] if args.baseline else [])
-    results: dict[str, list[dict[str, Any]]] = {}
-    shas = {}
-    for name, path in encoders:
-        embedder = load_encoder(path, args.device)
-        shas[name] = embedder.sha256
-        results[name] = curve_for(
-            split_features(embedder, args.data), args.epsilons, args.delta, args.draws, attack=not args.no_attacker, tracks=not args.no_tracks
-        )
-    payload = {
-        "data": str(args.data),
-        "delta": args.delta,
-        "draws": args.draws,
-        "checkpoints": {n: str(p) for n, p in encoders},
-        "sha256": shas,
+    payload: dict[str, Any] = {
+        "checkpoint_sha256": checkpoint_sha256,
+        "data": data_name,
+        "delta": delta,
+        "draws": draws,
         "groupings": GROUPINGS,
-        "results": results,
+        "points": [keep(r) for r in rows if r.get("grouping", "record") == "record"],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2))
-    if args.markdown:
-        write_markdown(args.markdown, markdown_table(results))
-    if args.plot:
-        plot(results, args.plot)
-    if args.calibration:
-        calibration = calibration_payload(results["stage-one"], sha256=shas["stage-one"], data=args.data.name, delta=args.delta, draws=args.draws)
-        args.calibration.write_text(json.dumps(calibration, indent=2))
-    print(markdown_table(results))
-
-
-if __name__ == "__main__":
-    main()
+    track_points = [keep(r) for r in rows if r.get("grouping") == "track"]
+    if track_points:
+        payload["track_points"] = track_points
+    return payload

@@ -77,7 +77,7 @@ def api_metrics(client, key: str, data: Path) -> dict[str, float]:
 
 
 def run_cli(checkpoint: Path, data: Path, out: Path) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "models.eval", "--checkpoint", str(checkpoint), "--data", str(data), "--json", str(out)]
+    cmd = [sys.executable, "-m", "models.cli.eval", "--checkpoint", str(checkpoint), "--data", str(data), "--json", str(out)]
     subprocess.run([*cmd, "--no-attackers", "--ap-cutoff", str(TOP_K)], check=True, capture_output=True, timeout=1800)
     return json.loads(out.read_text())
 

@@ -16,7 +16,7 @@ from models.checkpoint import load_encoder, save_encoder
 from models.decoder import DeIDDecoder, gaussian_blur, obfuscation_target, pixelate
 from models.encoder import ReIDEncoder
 from models.losses import BatchHardTripletLoss, LabelSmoothingCrossEntropy
-from models.training import StageOneConfig, StageOneModel
+from models.stage_one import StageOneConfig, StageOneModel
 from tests.conftest import require_shared_data
 
 
@@ -182,7 +182,7 @@ def test_resnet50_trains_end_to_end_through_the_cli(tmp_path):
     data = require_shared_data()
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "models.train", "--data", str(data), "--run-dir", str(out), "--backbone", "resnet50", "--no-pretrained",
+        sys.executable, "-m", "models.cli.train", "--data", str(data), "--run-dir", str(out), "--backbone", "resnet50", "--no-pretrained",
         "--input-size", "64x32", "--embedding-dim", "32", "--epochs", "1", "--max-steps", "2", "--max-train-ids", "8",
         "--p", "4", "--k", "2", "--adv-weight", "0.1", "--no-final-eval", "--export", str(out / "enc.pt"),
     ]  # fmt: skip
@@ -196,7 +196,7 @@ def test_resnet50_trains_end_to_end_through_the_cli(tmp_path):
 def test_resume_continues_from_the_last_epoch(tmp_path):
     data = require_shared_data()
     base = [
-        sys.executable, "-m", "models.train", "--data", str(data), "--run-dir", str(tmp_path), "--input-size", "64x32",
+        sys.executable, "-m", "models.cli.train", "--data", str(data), "--run-dir", str(tmp_path), "--input-size", "64x32",
         "--embedding-dim", "16", "--max-steps", "1", "--max-train-ids", "8", "--p", "4", "--k", "2", "--no-final-eval",
     ]  # fmt: skip
     subprocess.run([*base, "--epochs", "1"], check=True, capture_output=True, timeout=300)
@@ -221,7 +221,7 @@ def test_flip_average_is_the_mean_of_crop_and_mirror_and_survives_a_checkpoint(t
 
 
 def test_training_can_start_from_an_encoder_checkpoint(tmp_path):
-    from models.train import load_encoder_state
+    from models.trainer import load_encoder_state
 
     torch.manual_seed(0)
     source = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=16)

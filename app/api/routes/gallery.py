@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import defer
 
 from app.api.contract import ENCODER, JSON_BODY, LIMITED, PARAMS, TENANT_AUTH, UPLOAD, errors
 from app.api.deps import SessionDep, TenantDep, get_state
@@ -126,14 +127,17 @@ async def enroll(
     state = get_state(request)
     if len(images) > state.settings.max_batch:
         raise PayloadTooLarge(f"{len(images)} images exceeds the batch limit of {state.settings.max_batch}")
+    state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, len(images))
     items_meta = _parse_metadata(metadata, len(images))
+    items = [ItemInput(**m.model_dump()) for m in items_meta]
+    # Policy, encoder and budgets before the encoder pass: a refused request costs no encoding.
+    await run_in_threadpool(state.gallery.precheck_enroll, tenant.tenant_id, items)
     crops = await _decode_all(request, images)
     started = time.perf_counter()
     features = await state.embedding.embed(crops)
     state.metrics.embed_seconds.labels("enroll").observe(time.perf_counter() - started)
     state.metrics.images_embedded.labels("enroll").inc(len(crops))
     state.metrics.batch_size.observe(len(crops))
-    items = [ItemInput(**m.model_dump()) for m in items_meta]
     result = await run_in_threadpool(state.gallery.enroll, tenant.tenant_id, items, features)
     state.metrics.releases.labels(str(tenant.tenant_id), result.params.mechanism).inc(len(result.ids))
     state.metrics.gallery_size.labels(str(tenant.tenant_id)).set(state.indexes.get(tenant.tenant_id).size)
@@ -195,6 +199,8 @@ async def search(
 ) -> SearchOut | TrackSearchOut | SubjectSearchOut:
     state = get_state(request)
     k = k if k is not None else 10
+    state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, 1)
+    state.gallery.check_encoder(tenant.tenant_id)  # before the encoder pass
     crops = await _decode_all(request, [image])
     started = time.perf_counter()
     query = await state.embedding.embed(crops)
@@ -225,7 +231,7 @@ def _group_fields(group: GroupHit) -> dict[str, Any]:
 
 @router.get("/gallery/{item_id:int}", response_model=ItemOut, responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED, NotFound))
 def get_item(item_id: ItemId, tenant: TenantDep, session: SessionDep) -> ItemOut:
-    row = session.get(GalleryItem, item_id)
+    row = session.get(GalleryItem, item_id, options=[defer(GalleryItem.feature)])
     if row is None or row.tenant_id != tenant.tenant_id:
         raise NotFound(f"gallery item {item_id} not found")
     return ItemOut.of(row)
@@ -242,7 +248,7 @@ def list_items(
     captured_from: Annotated[Timestamp | None, Query(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
     captured_to: Annotated[Timestamp | None, Query(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
 ) -> ItemPage:
-    query = select(GalleryItem).where(GalleryItem.tenant_id == tenant.tenant_id, GalleryItem.id > after_id)
+    query = select(GalleryItem).options(defer(GalleryItem.feature)).where(GalleryItem.tenant_id == tenant.tenant_id, GalleryItem.id > after_id)
     if camera_id is not None:
         query = query.where(GalleryItem.camera_id == camera_id)
     if subject_ref is not None:

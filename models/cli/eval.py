@@ -60,8 +60,8 @@ def save_grid(training_checkpoint: Path, data: Path, out: Path, count: int = 8) 
 
     from models.decoder import obfuscation_target
     from models.encoder import ReIDEncoder
-    from models.train import stage_config
-    from models.training import StageOneModel
+    from models.stage_one import StageOneModel
+    from models.trainer import stage_config
 
     state = torch.load(training_checkpoint, map_location="cpu", weights_only=False)
     args = argparse.Namespace(**state["args"])

@@ -1,0 +1,1 @@
+"""Console scripts: ``reid-train``, ``reid-eval``, ``reid-privacy-curve``, ``reid-attack`` (and ``reid-export``)."""
