@@ -130,7 +130,13 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
     engine = make_engine(url)
     sessions = make_session_factory(engine)
     if embedder is None:
-        embedder = load_embedder(settings.checkpoint, device=settings.device, allow_untrained=settings.allow_untrained)
+        embedder = load_embedder(
+            settings.checkpoint,
+            device=settings.device,
+            allow_untrained=settings.allow_untrained,
+            backend=settings.encoder_backend,
+            artifact=settings.encoder_artifact,
+        )
     checkpoint = settings.checkpoint or (DEFAULT_CHECKPOINT if not embedder.untrained else None)
     indexes = IndexRegistry(
         directory=settings.index_dir,
