@@ -2,7 +2,7 @@
 
 The file serves with REID_ENCODER_ARTIFACT=PATH (REID_ENCODER_BACKEND=onnxruntime or openvino; auto also takes it).
 --int8: post-training static quantisation (QDQ, per-channel weights) with activation ranges from training-split
-crops; the first convolutions stay in float as far as needed to keep features at cosine >= 0.993 on held-out
+crops; the first convolutions stay in float as far as needed to keep features at cosine >= 0.995 on held-out
 training crops. --evaluate: rank-1 / mAP of the exported file against fp32 on the shared split's query vs gallery.
 """
 

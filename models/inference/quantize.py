@@ -20,7 +20,7 @@ from models.data.transforms import eval_transform
 
 log = logging.getLogger("reid.inference.quantize")
 
-TARGET_COSINE = 0.993
+TARGET_COSINE = 0.995
 SEARCH = (0, 3, 6, 10, 16, 24)
 
 
