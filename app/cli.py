@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="start the HTTP service (settings from REID_* variables)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=None, help="worker processes (PostgreSQL only; default REID_WORKERS or 1)")
     sub.add_parser("migrate", help="alembic upgrade head on REID_DATABASE_URL")
     from reid_client.cli import add_enroll_parser, add_search_parser, enroll_command, search_command
 
@@ -38,9 +39,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     import uvicorn
 
-    from app.main import create_app
+    from app.db.session import is_sqlite
+    from app.main import create_app, single_process_message
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=True)
+    workers = args.workers if args.workers is not None else settings.workers
+    if workers < 1:
+        parser.error("--workers must be at least 1")
+    if workers > 1 and is_sqlite(settings.resolved_database_url):
+        parser.exit(2, f"reid-gallery serve: {single_process_message(workers)}\n")
+    options = {"host": args.host, "port": args.port, "log_level": settings.log_level.lower(), "access_log": True}
+    if workers > 1:  # each worker builds its app from the same REID_* environment
+        uvicorn.run("app.main:create_app", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
 
 
 if __name__ == "__main__":

@@ -8,38 +8,26 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.formparsers import MultiPartParser
 
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.metrics import Metrics, serve_metrics
-from app.index.faiss_store import IndexConfig, IndexRegistry
+from app.index.faiss_store import IndexConfig, IndexRegistry, claim_directory
 from app.services.embedding import EmbeddingService
-from app.services.gallery import GalleryService
+from app.services.gallery import EncoderIdentity, GalleryService
+from app.services.ratelimit import RateLimiter
+from app.state import AppState
 from app.web.body_limit import BodyLimitMiddleware
 
 log = logging.getLogger("reid.app")
 
-
-@dataclass
-class AppState:
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker[Session]
-    embedding: EmbeddingService
-    indexes: IndexRegistry
-    gallery: GalleryService
-    metrics: Metrics
-    admin_key: str
-    calibration: dict[str, Any] | None
-    indexes_ready: bool = False
+__all__ = ["AppState", "build_state", "create_app", "resolve_admin_key"]
 
 
 def resolve_admin_key(settings: Settings) -> str:
@@ -64,16 +52,19 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None) -> Fas
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Blocking work (sync routes and dependencies, SQL, FAISS) runs on this many threads; the pool matches them.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         state = await run_in_threadpool(build_state, settings, embedder)
         app.state.reid = state
         actions = await run_in_threadpool(state.gallery.sync_indexes)
-        for tenant_id, action in actions.items():
-            state.metrics.gallery_size.labels(str(tenant_id)).set(state.indexes.get(tenant_id).size)
-            log.info("tenant %s index %s (%d items)", tenant_id, action, state.indexes.get(tenant_id).size)
+        _log_follow(state, actions)
+        for tenant_id, recorded in state.gallery.mismatched.items():
+            log.warning("tenant %s: gallery enrolled with %s; its searches answer 409 model_mismatch", tenant_id, recorded.describe())
         state.indexes_ready = True
         metrics_listener = serve_metrics(settings.metrics_address, state.metrics.registry) if settings.metrics_address else None
         tasks = [asyncio.create_task(_periodic(settings.index_save_seconds, state.indexes.save_all, "index save"))]
         tasks.append(asyncio.create_task(_periodic(settings.retention_interval_seconds, lambda: _purge(state), "retention")))
+        tasks.append(asyncio.create_task(_periodic(settings.index_poll_seconds, lambda: _log_follow(state, state.gallery.follow()), "index follow")))
         try:
             yield
         finally:
@@ -81,7 +72,7 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None) -> Fas
                 task.cancel()
             if metrics_listener is not None:
                 metrics_listener[0].shutdown()
-            await run_in_threadpool(state.indexes.save_all)
+            await run_in_threadpool(state.indexes.close)
             state.embedding.close()
             state.engine.dispose()
 
@@ -117,7 +108,7 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None) -> Fas
 
 def build_state(settings: Settings, embedder: Any = None) -> AppState:
     """Blocking start-up work: migrations, engine, encoder, registries."""
-    from app.db.session import make_engine, make_session_factory, run_migrations
+    from app.db.session import is_sqlite, make_engine, make_session_factory, run_migrations
     from app.services.calibration import load_calibration
     from app.services.embedding import load_embedder
     from models import DEFAULT_CHECKPOINT
@@ -125,9 +116,11 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
+    if settings.workers > 1 and is_sqlite(url):
+        raise ValueError(single_process_message(settings.workers))
     if settings.auto_migrate:
         run_migrations(url)
-    engine = make_engine(url)
+    engine = make_engine(url, pool_size=settings.pool_size)
     sessions = make_session_factory(engine)
     if embedder is None:
         embedder = load_embedder(
@@ -138,11 +131,20 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
             artifact=settings.encoder_artifact,
         )
     checkpoint = settings.checkpoint or (DEFAULT_CHECKPOINT if not embedder.untrained else None)
+    index_dir, index_dir_lock = claim_directory(settings.index_dir)
     indexes = IndexRegistry(
-        directory=settings.index_dir,
+        directory=index_dir,
+        lock=index_dir_lock,
         config=IndexConfig(dim=embedder.embedding_dim, kind=settings.index_type, nlist=settings.ivf_nlist, nprobe=settings.ivf_nprobe),
     )
-    gallery = GalleryService(sessions=sessions, indexes=indexes, mechanism=GaussianMechanism(), model_sha256=embedder.sha256)
+    gallery = GalleryService(
+        engine=engine,
+        sessions=sessions,
+        indexes=indexes,
+        mechanism=GaussianMechanism(),
+        encoder=EncoderIdentity(embedder.sha256 or "untrained", embedder.embedding_dim),
+        change_log_days=settings.change_log_days,
+    )
     return AppState(
         settings=settings,
         engine=engine,
@@ -153,17 +155,40 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
             mode=settings.embed_mode,
             wait_ms=settings.microbatch_wait_ms,
             forward_chunk=settings.forward_chunk,
+            max_queue_crops=settings.encoder_queue_crops,
         ),
         indexes=indexes,
         gallery=gallery,
         metrics=Metrics(),
         admin_key=resolve_admin_key(settings),
         calibration=load_calibration(checkpoint) if not embedder.untrained else None,
+        rate_limiter=RateLimiter(),
     )
 
 
+def single_process_message(workers: int) -> str:
+    return (
+        f"{workers} workers asked for, but the database is SQLite: SQLite serves one process (its writes are serialised by a "
+        "lock inside that process, and each process would keep its own copy of the indexes). Run one worker, or point "
+        "REID_DATABASE_URL at PostgreSQL to run several workers or replicas."
+    )
+
+
+def _log_follow(state: AppState, actions: dict[int, str]) -> None:
+    for tenant_id, action in actions.items():
+        if action == "dropped":
+            state.metrics.forget_tenant(tenant_id)
+            log.info("tenant %s was deleted: index dropped", tenant_id)
+            continue
+        size = state.indexes.get(tenant_id).size
+        state.metrics.gallery_size.labels(str(tenant_id)).set(size)
+        if action != "caught up":
+            log.info("tenant %s index %s (%d items)", tenant_id, action, size)
+
+
 def _purge(state: AppState) -> None:
-    for tenant_id, count in state.gallery.purge_expired().items():
+    purged = state.gallery.purge_expired(min_interval_s=state.settings.retention_interval_seconds * 0.9)
+    for tenant_id, count in purged.items():
         state.metrics.purged.labels(str(tenant_id)).inc(count)
         log.info("retention purged %d items of tenant %s", count, tenant_id)
 

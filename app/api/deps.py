@@ -18,7 +18,7 @@ from app.core.security import secret_matches, split_api_key
 from app.db.tables import ApiKey, Tenant
 
 if TYPE_CHECKING:
-    from app.main import AppState
+    from app.state import AppState
 
 
 def get_state(request: Request) -> AppState:
@@ -30,6 +30,7 @@ def get_state(request: Request) -> AppState:
 
 
 def get_session(request: Request) -> Iterator[Session]:
+    """The request's session, for routes that do their SQL in the request (not across an encoder pass)."""
     with get_state(request).sessions() as session:
         yield session
 
@@ -41,14 +42,19 @@ SessionDep = Annotated[Session, Depends(get_session)]
 class TenantContext:
     tenant_id: int
     key_id: int
+    crops_per_second: int  # this key's crop allowance (0: unlimited)
 
 
 def tenant_from_key(
-    session: SessionDep,
+    request: Request,
     x_api_key: Annotated[str | None, Security(api_key_scheme)] = None,
     authorization: AuthorizationHeader = None,
 ) -> TenantContext:
-    """The tenant always comes from the key, never from the request."""
+    """The tenant always comes from the key, never from the request.
+
+    Authenticated in a short session of its own, closed before the route's work starts (an enrollment must not hold a
+    connection across its encoder pass); then the key's request rate is counted (429 past its limit)."""
+    state = get_state(request)
     key = x_api_key if x_api_key is not None else bearer_token(authorization)
     if not key:
         raise Unauthorized("missing API key: send X-API-Key or Authorization: Bearer")
@@ -56,14 +62,21 @@ def tenant_from_key(
     if parts is None:
         raise Unauthorized("unknown API key")
     prefix, secret = parts
-    row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
-    if row is None or not secret_matches(secret, row.secret_hash):
+    with state.sessions() as session:
+        found = session.execute(
+            select(ApiKey.id, ApiKey.tenant_id, ApiKey.secret_hash, ApiKey.revoked_at, Tenant.requests_per_second, Tenant.crops_per_second)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.prefix == prefix)
+        ).first()
+    if found is None or not secret_matches(secret, found.secret_hash):
         raise Unauthorized("unknown API key")
-    if row.revoked_at is not None:
+    if found.revoked_at is not None:
         raise Unauthorized("API key has been revoked")
-    if session.get(Tenant, row.tenant_id) is None:
-        raise Unauthorized("unknown API key")
-    return TenantContext(tenant_id=row.tenant_id, key_id=row.id)
+    settings = state.settings
+    requests_per_second = settings.rate_requests_per_second if found.requests_per_second is None else found.requests_per_second
+    crops_per_second = settings.rate_crops_per_second if found.crops_per_second is None else found.crops_per_second
+    state.rate_limiter.requests(found.id, requests_per_second)
+    return TenantContext(tenant_id=found.tenant_id, key_id=found.id, crops_per_second=crops_per_second)
 
 
 TenantDep = Annotated[TenantContext, Depends(tenant_from_key)]

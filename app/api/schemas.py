@@ -254,6 +254,59 @@ class SearchOut(BaseModel):
     k: int
 
 
+_GROUP_HIT_EXAMPLE: dict[str, Any] = {
+    "score": 0.71,
+    "item_ids": [42, 43, 57],
+    "cameras": ["cam-07", "cam-09"],
+    "first_seen": "2026-11-26T08:15:00Z",
+    "last_seen": "2026-11-26T08:16:40Z",
+    "count": 3,
+}
+
+
+class GroupHitBase(BaseModel):
+    """One group (a track or a subject): its records' released features averaged, L2-normalised, then matched."""
+
+    score: float = Field(description="cosine of the query to the normalised mean of the group's records that pass the filters")
+    item_ids: list[int] = Field(description="the records averaged into this hit, ascending")
+    cameras: list[str] = Field(description="the cameras of those records, sorted")
+    first_seen: UtcDatetime = Field(description="earliest captured_at of those records")
+    last_seen: UtcDatetime = Field(description="latest captured_at of those records")
+    count: int = Field(description="number of records averaged")
+
+
+class TrackHitOut(GroupHitBase):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"track_ref": "t-4411", **_GROUP_HIT_EXAMPLE}]})
+    track_ref: str
+
+
+class SubjectHitOut(GroupHitBase):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"subject_ref": "person-17", **_GROUP_HIT_EXAMPLE}]})
+    subject_ref: str
+
+
+class TrackSearchOut(BaseModel):
+    """``group_by=track_ref``: hits are tracks, best first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"group_by": "track_ref", "k": 10, "hits": [{"track_ref": "t-4411", **_GROUP_HIT_EXAMPLE}]}]}
+    )
+    group_by: Literal["track_ref"]
+    k: int
+    hits: list[TrackHitOut]
+
+
+class SubjectSearchOut(BaseModel):
+    """``group_by=subject_ref``: hits are subjects, best first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"group_by": "subject_ref", "k": 10, "hits": [{"subject_ref": "person-17", **_GROUP_HIT_EXAMPLE}]}]}
+    )
+    group_by: Literal["subject_ref"]
+    k: int
+    hits: list[SubjectHitOut]
+
+
 class ItemPage(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_ITEM_EXAMPLE], "next_after_id": 42}]})
     items: list[ItemOut]
@@ -444,6 +497,9 @@ class AuditOut(BaseModel):
 
 class TradeoffPoint(BaseModel):
     epsilon: float
+    grouping: Literal["record", "track"] = Field(
+        "record", description="record: per-record search; track: track search (group_by=track_ref, each track's records averaged)"
+    )
     delta: float
     sigma: float
     within_calibration: bool = Field(description="false outside the calibrated ε range: no figures are extrapolated (they are null)")
@@ -468,6 +524,7 @@ class TradeoffOut(BaseModel):
                     "points": [
                         {
                             "epsilon": 64.0,
+                            "grouping": "record",
                             "delta": 1e-5,
                             "sigma": 0.11,
                             "within_calibration": True,
@@ -478,6 +535,22 @@ class TradeoffOut(BaseModel):
                         }
                     ],
                     "no_noise": {"rank1": 0.439, "mAP": 0.434},
+                    "groupings": {"record": "per-record search", "track": "track search (group_by=track_ref)"},
+                    "track_points": [
+                        {
+                            "epsilon": 64.0,
+                            "grouping": "track",
+                            "delta": 1e-5,
+                            "sigma": 0.11,
+                            "within_calibration": True,
+                            "interpolated": False,
+                            "rank1": 0.52,
+                            "mAP": 0.55,
+                            "extra": {},
+                        }
+                    ],
+                    "track_no_noise": {"rank1": 0.58, "mAP": 0.59},
+                    "track_mean_size": 3.8,
                 }
             ]
         }
@@ -489,8 +562,14 @@ class TradeoffOut(BaseModel):
     checkpoint_sha256: str | None = None
     data: str | None = None
     note: str | None = None
-    points: list[TradeoffPoint]
-    no_noise: dict[str, float] | None = Field(None, description="figures without noise (ε = inf), when calibrated")
+    points: list[TradeoffPoint] = Field(description="per-record search (grouping: record)")
+    no_noise: dict[str, float] | None = Field(None, description="per-record figures without noise (ε = inf), when calibrated")
+    groupings: dict[str, str] | None = Field(None, description="what each grouping's numbers measure")
+    track_points: list[TradeoffPoint] = Field(
+        default_factory=list, description="track search (grouping: track); empty when the calibration file has no track rows"
+    )
+    track_no_noise: dict[str, float] | None = Field(None, description="track-search figures without noise (ε = inf), when calibrated")
+    track_mean_size: float | None = Field(None, description="mean records per track on the calibration split")
 
 
 class ModelOut(BaseModel):
@@ -520,6 +599,11 @@ class ModelOut(BaseModel):
     checkpoint_sha256: str | None
     untrained_fallback: bool
     metrics: dict[str, Any] | None = None
+    model_mismatch_tenants: list[int] = Field(
+        default_factory=list,
+        description="tenants whose gallery was enrolled with another encoder: their searches answer 409 model_mismatch until the gallery is "
+        "erased and enrolled again, or the matching checkpoint is served",
+    )
 
 
 class HealthOut(BaseModel):
@@ -528,6 +612,42 @@ class HealthOut(BaseModel):
 
 
 class ReadyOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"ready": True, "checks": {"model": True, "database": True, "indexes": True}}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"ready": True, "checks": {"model": True, "database": True, "indexes": True}, "model_mismatch_tenants": []}]}
+    )
     ready: bool
     checks: dict[str, bool]
+    model_mismatch_tenants: list[int] = Field(
+        default_factory=list, description="tenants whose gallery another encoder made: their searches answer 409 model_mismatch"
+    )
+
+
+RatePerSecond = Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(_whole_number)]
+_RATE_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 1_000_000}
+
+
+class RateLimitsIn(StrictIn):
+    """Per-key rate limits for this tenant's keys (replaces the tenant's overrides). A field left out: the service
+    default (REID_RATE_REQUESTS_PER_SECOND, REID_RATE_CROPS_PER_SECOND); 0: unlimited."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"requests_per_second": 20, "crops_per_second": 200}, {}]})
+    requests_per_second: Annotated[RatePerSecond | None, optional(_RATE_SCHEMA), BeforeValidator(not_null)] = Field(
+        None, description="requests per second per key; leave out for the service default"
+    )
+    crops_per_second: Annotated[RatePerSecond | None, optional(_RATE_SCHEMA), BeforeValidator(not_null)] = Field(
+        None, description="crops (enrolled or searched) per second per key, over a 10 s window; leave out for the service default"
+    )
+
+
+class RateLimitsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"requests_per_second": 20, "crops_per_second": 1000, "requests_per_second_default": False, "crops_per_second_default": True}
+            ]
+        }
+    )
+    requests_per_second: int = Field(description="in force for each key of the tenant (0: unlimited)")
+    crops_per_second: int = Field(description="in force for each key of the tenant (0: unlimited)")
+    requests_per_second_default: bool = Field(description="true: the service default applies (no override)")
+    crops_per_second_default: bool = Field(description="true: the service default applies (no override)")

@@ -41,6 +41,19 @@ class Settings(BaseSettings):
         "microbatch", description="merge concurrent requests into one encoder call (measured faster under load), or one call per request"
     )
     microbatch_wait_ms: float = Field(2.0, ge=0, le=100, description="how long a micro-batch waits for more requests")
+    worker_threads: int = Field(
+        24, ge=2, le=1000, description="threads for blocking work (SQL, FAISS, decoding); the database pool holds as many connections, plus 4"
+    )
+    encoder_queue_crops: int = Field(
+        512, ge=1, description="most crops waiting for the encoder; a request beyond it is refused with 503 overloaded and Retry-After"
+    )
+    rate_requests_per_second: int = Field(100, ge=0, description="requests per second per API key (0: unlimited); operators override it per tenant")
+    rate_crops_per_second: int = Field(
+        1000, ge=0, description="crops (enrolled or searched) per second per API key, over a 10 s window (0: unlimited); per-tenant override"
+    )
+    index_poll_seconds: float = Field(0.25, gt=0, le=1, description="how often this replica applies the change log to its indexes")
+    change_log_days: float = Field(7.0, gt=0, description="change-log rows older than this are pruned (a replica further behind rebuilds)")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (PostgreSQL only; SQLite is one process)")
     default_epsilon: float | None = Field(
         None, gt=0, description="finite epsilon given to new tenants; unset: enrollment is refused until an operator sets a policy"
     )
@@ -67,6 +80,12 @@ class Settings(BaseSettings):
         if value is not None and not math.isfinite(value):
             raise ValueError("no-noise (inf) must be set per tenant by an operator, never as a default")
         return value
+
+    @property
+    def pool_size(self) -> int:
+        """One connection per worker thread (no request waits for a connection a thread could use), plus the
+        background tasks (index follower, saver, retention) and the readiness probe."""
+        return self.worker_threads + 4
 
     @property
     def resolved_database_url(self) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from app.core.errors import Overloaded
 from models.checkpoint import Embedder
 
 log = logging.getLogger("reid.embedding")
@@ -42,9 +44,21 @@ class EmbeddingService:
     ``mode="microbatch"``: requests arriving within ``wait_ms`` of each other are merged
     into one encoder call (up to ``batch_size`` crops), then split back per request.
     Each call runs the network ``forward_chunk`` crops at a time (None: the embedder's default).
+    The queue is bounded: with ``max_queue_crops`` crops already waiting or running, a request that would add more is
+    refused at once (``Overloaded``: 503 with Retry-After, the time the queue needs to drain at the measured rate)
+    instead of waiting behind them; a request arriving at an idle encoder is always taken, whatever its size.
     """
 
-    def __init__(self, *, embedder: Embedder, batch_size: int, mode: str = "thread", wait_ms: float = 2.0, forward_chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        embedder: Embedder,
+        batch_size: int,
+        mode: str = "thread",
+        wait_ms: float = 2.0,
+        forward_chunk: int | None = None,
+        max_queue_crops: int | None = None,
+    ) -> None:
         if mode not in {"thread", "microbatch"}:
             raise ValueError("mode must be 'thread' or 'microbatch'")
         self.embedder = embedder
@@ -55,12 +69,32 @@ class EmbeddingService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[np.ndarray]]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self.max_queue_crops = max_queue_crops
+        self.pending_crops = 0  # waiting or being encoded (changed on the event loop only)
+        self._crops_per_s = 50.0  # running estimate of the encoder's throughput
 
     @property
     def input_size(self) -> tuple[int, int]:
         return self.embedder.input_size
 
+    def retry_after_s(self) -> float:
+        """How long the crops in the queue take at the measured rate."""
+        return min(30.0, max(0.05, self.pending_crops / max(self._crops_per_s, 1e-3)))
+
     async def embed(self, crops: list[torch.Tensor]) -> np.ndarray:
+        count = len(crops)
+        if self.max_queue_crops is not None and self.pending_crops and self.pending_crops + count > self.max_queue_crops:
+            raise Overloaded(
+                f"the encoder queue is full ({self.pending_crops} crops waiting, limit {self.max_queue_crops}); retry after the delay given",
+                retry_after_s=self.retry_after_s(),
+            )
+        self.pending_crops += count
+        try:
+            return await self._embed(crops)
+        finally:
+            self.pending_crops -= count
+
+    async def _embed(self, crops: list[torch.Tensor]) -> np.ndarray:
         batch = torch.stack(crops)
         if self.mode == "thread" or batch.shape[0] >= self.batch_size:
             return await self._run(batch)
@@ -73,7 +107,11 @@ class EmbeddingService:
 
     async def _run(self, batch: torch.Tensor) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.embedder.embed, batch, self.forward_chunk)
+        started = time.perf_counter()
+        features = await loop.run_in_executor(self._executor, self.embedder.embed, batch, self.forward_chunk)
+        rate = batch.shape[0] / max(time.perf_counter() - started, 1e-6)
+        self._crops_per_s = 0.8 * self._crops_per_s + 0.2 * rate
+        return features
 
     async def _merge_loop(self) -> None:
         assert self._queue is not None

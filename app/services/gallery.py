@@ -1,24 +1,38 @@
-"""The enroll, search, list and erase flows (blocking; called from worker threads)."""
+"""The enroll, search, list and erase flows, and the index follower (blocking; called from worker threads).
+
+Writes to a tenant's gallery run in one SQL transaction under the tenant's write lock (a PostgreSQL advisory lock, so
+across replicas): items, subject budgets (one atomic upsert, checked in the same transaction) and one change-log row
+per item added or deleted, with the tenant's head sequence. Every replica's FAISS index follows that log: the writer
+applies its own change at once; ``follow()`` (polled) applies everyone else's.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
-import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy.orm import Session, defer, sessionmaker
 
-from app.core.errors import Conflict, PrivacyBudgetExceeded
-from app.db.tables import GalleryItem, PrivacyPolicyRow, SubjectBudget, Tenant
-from app.index.faiss_store import IndexRegistry
+from app.core.errors import Conflict, ModelMismatch, PrivacyBudgetExceeded
+from app.db.session import LOCK_RETENTION, TenantWriteLocks, run_once_lock
+from app.db.tables import GalleryChange, GalleryHead, GalleryItem, PrivacyPolicyRow, ServiceJob, SubjectBudget, Tenant
+from app.index.faiss_store import IndexRegistry, TenantIndex
+from app.services.groups import GroupBy, GroupFilters, GroupHit, GroupSearch
 from app.services.privacy import BudgetCheck, TenantPolicy, release_mu_squared
 from models.privacy.mechanism import GaussianMechanism, NoiseParameters
+
+log = logging.getLogger("reid.gallery")
+IN_CHUNK = 5000  # keep IN lists within every backend's parameter limit
+UNTRAINED = "untrained"
+
+__all__ = ["EnrollResult", "GalleryService", "Hit", "ItemInput", "SearchFilters"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,11 @@ class SearchFilters:
     def active(self) -> bool:
         return any(v is not None for v in (self.camera_ids, self.captured_from, self.captured_to, self.min_score, self.subject_ref))
 
+    @property
+    def narrows(self) -> bool:
+        """Filters on stored metadata (answered by SQL before FAISS), as opposed to ``min_score`` alone."""
+        return any(v is not None for v in (self.camera_ids, self.captured_from, self.captured_to, self.subject_ref))
+
 
 @dataclass
 class EnrollResult:
@@ -66,9 +85,13 @@ class Hit:
     score: float
 
 
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything here is UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+@dataclass(frozen=True)
+class EncoderIdentity:
+    sha256: str
+    dim: int
+
+    def describe(self) -> str:
+        return f"{'an untrained fallback encoder' if self.sha256 == UNTRAINED else 'checkpoint sha256 ' + self.sha256[:12]}, {self.dim}-d"
 
 
 def load_policy(session: Session, tenant_id: int) -> TenantPolicy:
@@ -88,28 +111,83 @@ def load_policy(session: Session, tenant_id: int) -> TenantPolicy:
 
 @dataclass
 class GalleryService:
-    """Owns the tenant write locks, the noise mechanism and the path from SQL to FAISS."""
+    """Owns the tenant write locks, the noise mechanism and the path from SQL to every replica's FAISS index."""
 
+    engine: Engine
     sessions: sessionmaker[Session]
     indexes: IndexRegistry
     mechanism: GaussianMechanism
-    model_sha256: str | None = None
-    _locks: dict[int, threading.Lock] = field(default_factory=lambda: defaultdict(threading.Lock))
-    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+    encoder: EncoderIdentity
+    change_log_days: float = 7.0
+    locks: TenantWriteLocks = field(init=False)
+    mismatched: dict[int, EncoderIdentity] = field(default_factory=dict)  # tenants whose gallery another encoder made
+    groups: GroupSearch = field(default_factory=GroupSearch)  # grouped search's record cache (app/services/groups.py)
 
-    def tenant_lock(self, tenant_id: int) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks[tenant_id]
+    def __post_init__(self) -> None:
+        self.locks = TenantWriteLocks(self.engine)
+
+    @property
+    def model_sha256(self) -> str | None:
+        return None if self.encoder.sha256 == UNTRAINED else self.encoder.sha256
+
+    # -- the encoder a gallery was made with -----------------------------------------------------
+    def check_encoder(self, tenant_id: int) -> None:
+        """409 model_mismatch when the tenant's gallery was enrolled with another encoder than the one serving."""
+        recorded = self.mismatched.get(tenant_id)
+        if recorded is not None:
+            raise self._mismatch(tenant_id, recorded)
+
+    def _mismatch(self, tenant_id: int, recorded: EncoderIdentity) -> ModelMismatch:
+        return ModelMismatch(
+            f"tenant {tenant_id}'s gallery was enrolled with {recorded.describe()}, but this service runs {self.encoder.describe()}: "
+            "its stored features cannot be compared with this encoder's. Either serve the matching checkpoint (REID_CHECKPOINT), "
+            'or erase the gallery (POST /v1/gallery/erase {"before": "9999-12-31T00:00:00Z"}) and enroll the crops again.',
+            details={"recorded": {"checkpoint_sha256": recorded.sha256, "embedding_dim": recorded.dim}},
+        )
+
+    def _note_head(self, tenant_id: int, sha: str | None, dim: int | None) -> bool:
+        """Record whether the tenant's gallery matches the serving encoder; True when it does (or is empty)."""
+        if sha is None or dim is None or (sha == self.encoder.sha256 and dim == self.encoder.dim):
+            self.mismatched.pop(tenant_id, None)
+            return True
+        self.mismatched[tenant_id] = EncoderIdentity(sha, dim)
+        return False
 
     # -- enroll ---------------------------------------------------------------------------
+    def precheck_enroll(self, tenant_id: int, items: list[ItemInput]) -> None:
+        """Before the encoder pass (refused requests cost no encoding): policy set, encoder matches, budgets left.
+
+        The write transaction checks all of it again (another request may have spent the budget meanwhile)."""
+        with self.sessions() as session:
+            policy = load_policy(session, tenant_id)
+            head = session.get(GalleryHead, tenant_id)
+            if head is not None and not self._note_head(tenant_id, head.encoder_sha256, head.encoder_dim):
+                raise self._mismatch(tenant_id, self.mismatched[tenant_id])
+            if policy.has_subject_budget:
+                per_release = release_mu_squared(policy.record_policy.parameters())
+                requested = _requested(items)
+                if requested:
+                    rows = session.execute(
+                        select(SubjectBudget.subject_ref, SubjectBudget.mu_squared).where(
+                            SubjectBudget.tenant_id == tenant_id, SubjectBudget.subject_ref.in_(list(requested))
+                        )
+                    ).all()
+                    spent = {ref: mu for ref, mu in rows}
+                    _refuse_over_budget(policy, [(key, spent.get(key, 0.0), count * per_release) for key, count in requested.items()])
+
     def enroll(self, tenant_id: int, items: list[ItemInput], features: np.ndarray) -> EnrollResult:
-        """Check budgets, add noise, commit to SQL, then add to the index; all or nothing."""
-        with self.tenant_lock(tenant_id), self.sessions() as session:
+        """Charge budgets, add noise, commit items and their change-log rows, then apply them to this replica's index."""
+        with self.sessions() as session, self.locks.hold(session, tenant_id):
             policy = load_policy(session, tenant_id)
             params = policy.record_policy.parameters()
-            per_release = release_mu_squared(params)
+            head = self._head(session, tenant_id)
+            if head.encoder_sha256 is not None and (head.encoder_sha256, head.encoder_dim) != (self.encoder.sha256, self.encoder.dim):
+                self._note_head(tenant_id, head.encoder_sha256, head.encoder_dim)
+                raise self._mismatch(tenant_id, EncoderIdentity(head.encoder_sha256, head.encoder_dim or 0))
+            max_mu_squared = None
             if policy.has_subject_budget:
-                charge_subject_budgets(session, tenant_id, policy, items, per_release)
+                charge_subject_budgets(session, tenant_id, policy, items, release_mu_squared(params))
+                max_mu_squared = session.scalar(select(func.max(SubjectBudget.mu_squared)).where(SubjectBudget.tenant_id == tenant_id))
             noisy, _ = self.mechanism.release(torch.from_numpy(features), policy.record_policy)
             noisy_np = noisy.numpy().astype(np.float32)
             rows_out = [
@@ -136,59 +214,120 @@ class GalleryService:
             session.add_all(rows_out)
             session.flush()
             ids = np.array([row.id for row in rows_out], dtype=np.int64)
+            previous, last = self._log(session, head, "add", ids)
+            head.encoder_sha256, head.encoder_dim = self.encoder.sha256, self.encoder.dim
             session.commit()
-            max_mu_squared = (
-                session.scalar(select(func.max(SubjectBudget.mu_squared)).where(SubjectBudget.tenant_id == tenant_id))
-                if policy.has_subject_budget
-                else None
-            )
-            # SQL is committed: the index follows (a crash here is repaired at start-up).
-            self.indexes.get(tenant_id).add(ids, index_vectors(noisy_np))
-            return EnrollResult(ids=[int(i) for i in ids], params=params, max_subject_mu_squared=max_mu_squared)
+        self.mismatched.pop(tenant_id, None)
+        # SQL is committed: this replica's index follows at once (the others within a poll).
+        self._apply_own(tenant_id, previous, last, add_ids=ids, add_features=index_vectors(noisy_np), remove_ids=[])
+        return EnrollResult(ids=[int(i) for i in ids], params=params, max_subject_mu_squared=max_mu_squared)
+
+    def _head(self, session: Session, tenant_id: int) -> GalleryHead:
+        """The tenant's head row (created on its first write; callers hold the tenant's write lock)."""
+        head = session.get(GalleryHead, tenant_id)
+        if head is None:
+            head = GalleryHead(tenant_id=tenant_id, seq=0, pruned_seq=0)
+            session.add(head)
+            session.flush()
+        return head
+
+    def _log(self, session: Session, head: GalleryHead, op: str, item_ids: np.ndarray | list[int]) -> tuple[int, int]:
+        """Append one change per item; returns (the head's previous seq, its new seq)."""
+        previous = int(head.seq)
+        if len(item_ids) == 0:
+            return previous, previous
+        now = datetime.now(UTC)
+        seqs = session.scalars(
+            insert(GalleryChange).returning(GalleryChange.seq, sort_by_parameter_order=True),
+            [{"tenant_id": head.tenant_id, "item_id": int(i), "op": op, "at": now} for i in item_ids],
+        ).all()
+        head.seq = max(previous, *seqs)
+        return previous, int(head.seq)
 
     # -- search ---------------------------------------------------------------------------
     def search(self, tenant_id: int, query: np.ndarray, k: int, filters: SearchFilters) -> list[Hit]:
+        """Top-k by cosine; metadata filters are answered by SQL (ids only) and handed to FAISS as an IDSelector, so
+        nothing is over-fetched and no feature column is read; hits below ``min_score`` end the list."""
+        self.check_encoder(tenant_id)
         index = self.indexes.get(tenant_id)
         if index.size == 0:
             return []
-        fetch = k if not filters.active else min(index.size, max(4 * k, 64))
-        while True:
-            scores, ids = index.search(query.reshape(1, -1), fetch)
-            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-            hits = self._hydrate(tenant_id, pairs, filters)
-            if len(hits) >= k or fetch >= index.size:
-                return hits[:k]
-            fetch = min(index.size, fetch * 4)
+        only_ids = None
+        if filters.narrows:
+            only_ids = self._matching_ids(tenant_id, filters)
+            if only_ids.size == 0:
+                return []
+        scores, ids = index.search(query.reshape(1, -1), k, only_ids)
+        pairs = []
+        for item_id, score in zip(ids[0], scores[0], strict=True):
+            if item_id < 0 or (filters.min_score is not None and score < filters.min_score):
+                break  # scores come sorted: nothing after this qualifies
+            pairs.append((int(item_id), float(score)))
+        return self._hydrate(tenant_id, pairs)
 
-    def _hydrate(self, tenant_id: int, pairs: list[tuple[int, float]], filters: SearchFilters) -> list[Hit]:
+    def _matching_ids(self, tenant_id: int, f: SearchFilters) -> np.ndarray:
+        query = select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id)
+        if f.camera_ids is not None:
+            query = query.where(GalleryItem.camera_id.in_(f.camera_ids))
+        if f.subject_ref is not None:
+            query = query.where(GalleryItem.subject_ref == f.subject_ref)
+        if f.captured_from is not None:
+            query = query.where(GalleryItem.captured_at >= f.captured_from)
+        if f.captured_to is not None:
+            query = query.where(GalleryItem.captured_at <= f.captured_to)
+        with self.sessions() as session:
+            return np.fromiter(session.scalars(query), dtype=np.int64)
+
+    def search_groups(self, tenant_id: int, query: np.ndarray, k: int, group_by: GroupBy, filters: SearchFilters) -> list[GroupHit]:
+        """Top-k tracks or subjects: each group's released records averaged, then L2-normalised (app/services/groups.py)."""
+        group_filters = GroupFilters(
+            camera_ids=filters.camera_ids,
+            captured_from=filters.captured_from,
+            captured_to=filters.captured_to,
+            min_score=filters.min_score,
+            subject_ref=filters.subject_ref,
+        )
+        return self.groups.search(self.sessions, tenant_id, group_by, query, k, group_filters)
+
+    def _hydrate(self, tenant_id: int, pairs: list[tuple[int, float]]) -> list[Hit]:
         if not pairs:
             return []
-        ids = [i for i, _ in pairs]
         by_id: dict[int, GalleryItem] = {}
         with self.sessions() as session:
-            for start in range(0, len(ids), 5000):  # keep IN lists within every backend's parameter limit
-                query = select(GalleryItem).where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(ids[start : start + 5000]))
-                by_id.update((row.id, row) for row in session.scalars(query))
-        hits = []
-        for item_id, score in pairs:
-            row = by_id.get(item_id)
-            if row is None or not _matches(row, score, filters):
-                continue
-            hits.append(Hit(row, score))
-        return hits
+            query = (
+                select(GalleryItem)
+                .options(defer(GalleryItem.feature))
+                .where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_([i for i, _ in pairs]))
+            )
+            by_id.update((row.id, row) for row in session.scalars(query))
+        return [Hit(by_id[item_id], score) for item_id, score in pairs if item_id in by_id]
 
     # -- erase ----------------------------------------------------------------------------
     def delete_items(self, tenant_id: int, ids: list[int]) -> int:
-        """Delete rows (commit) then remove them from the index; returns rows deleted."""
+        """Delete rows and log them (commit), then remove them from this replica's index; returns rows deleted."""
         if not ids:
             return 0
-        with self.tenant_lock(tenant_id), self.sessions() as session:
-            deleted = session.scalars(
-                delete(GalleryItem).where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(ids)).returning(GalleryItem.id)
-            ).all()
+        with self.sessions() as session, self.locks.hold(session, tenant_id):
+            deleted = list(
+                session.scalars(
+                    delete(GalleryItem).where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(ids)).returning(GalleryItem.id)
+                ).all()
+            )
+            if not deleted:
+                session.rollback()
+                return 0
+            head = self._head(session, tenant_id)
+            previous, last = self._log(session, head, "del", deleted)
+            if session.scalar(select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id).limit(1)) is None:
+                head.encoder_sha256 = head.encoder_dim = None  # empty: the next enrollment records the serving encoder
             session.commit()
-            self.indexes.get(tenant_id).remove(deleted)
-            return len(deleted)
+            emptied = head.encoder_sha256 is None
+        if emptied:
+            self.mismatched.pop(tenant_id, None)
+        self._apply_own(
+            tenant_id, previous, last, add_ids=np.zeros(0, np.int64), add_features=np.zeros((0, self.encoder.dim), np.float32), remove_ids=deleted
+        )
+        return len(deleted)
 
     def erase(self, tenant_id: int, *, subject_ref: str | None, before: datetime | None) -> int:
         with self.sessions() as session:
@@ -199,100 +338,239 @@ class GalleryService:
                 query = query.where(GalleryItem.captured_at < before)
             ids = list(session.scalars(query).all())
         total = 0
-        for start in range(0, len(ids), 5000):
-            total += self.delete_items(tenant_id, ids[start : start + 5000])
+        for start in range(0, len(ids), IN_CHUNK):
+            total += self.delete_items(tenant_id, ids[start : start + IN_CHUNK])
         return total
 
-    def purge_expired(self, now: datetime | None = None) -> dict[int, int]:
-        """Retention: erase items captured more than ``retention_days`` ago, per tenant."""
+    def purge_expired(self, now: datetime | None = None, *, min_interval_s: float = 0.0) -> dict[int, int]:
+        """Retention: erase items captured more than ``retention_days`` ago, per tenant; prune the change log.
+
+        Runs once across replicas: under an advisory lock (a replica that cannot take it skips), and not again within
+        ``min_interval_s`` of the last run by any replica."""
         now = now or datetime.now(UTC)
-        with self.sessions() as session:
-            tenants = session.execute(select(Tenant.id, Tenant.retention_days).where(Tenant.retention_days.is_not(None))).all()
-        purged = {}
-        for tenant_id, days in tenants:
-            assert days is not None
-            cutoff = now.timestamp() - days * 86400
-            count = self.erase(tenant_id, subject_ref=None, before=datetime.fromtimestamp(cutoff, UTC))
-            if count:
-                purged[tenant_id] = count
+        purged: dict[int, int] = {}
+        with run_once_lock(self.engine, LOCK_RETENTION, wait=False) as acquired:
+            if not acquired:
+                return purged
+            with self.sessions() as session:
+                job = session.get(ServiceJob, "retention")
+                if job is not None and min_interval_s > 0 and (now - job.last_run_at).total_seconds() < min_interval_s:
+                    return purged
+                tenants = session.execute(select(Tenant.id, Tenant.retention_days).where(Tenant.retention_days.is_not(None))).all()
+            for tenant_id, days in tenants:
+                assert days is not None
+                count = self.erase(tenant_id, subject_ref=None, before=now - timedelta(days=days))
+                if count:
+                    purged[tenant_id] = count
+            self.prune_change_log(now - timedelta(days=self.change_log_days))
+            with self.sessions() as session:
+                job = session.get(ServiceJob, "retention")
+                if job is None:
+                    session.add(ServiceJob(name="retention", last_run_at=now))
+                else:
+                    job.last_run_at = now
+                session.commit()
         return purged
 
-    # -- index sync -----------------------------------------------------------------------
-    def sync_indexes(self) -> dict[int, str]:
-        """Make every tenant's index hold exactly SQL's ids (start-up)."""
-        actions = {}
+    def prune_change_log(self, cutoff: datetime) -> None:
+        """Drop log rows older than ``cutoff``; a replica whose cursor is behind ``pruned_seq`` rebuilds from SQL."""
         with self.sessions() as session:
-            tenant_ids = list(session.scalars(select(Tenant.id)).all())
+            tenant_ids = list(session.scalars(select(GalleryHead.tenant_id)).all())
         for tenant_id in tenant_ids:
-            with self.sessions() as session:
-                sql_ids = np.array(session.scalars(select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id)).all(), dtype=np.int64)
-            actions[tenant_id] = self.indexes.get(tenant_id).load_and_sync(sql_ids, self.feature_batches)
+            with self.sessions() as session, self.locks.hold(session, tenant_id):
+                last = session.scalar(select(func.max(GalleryChange.seq)).where(GalleryChange.tenant_id == tenant_id, GalleryChange.at < cutoff))
+                head = session.get(GalleryHead, tenant_id)
+                if last is None or head is None:
+                    continue
+                session.execute(delete(GalleryChange).where(GalleryChange.tenant_id == tenant_id, GalleryChange.seq <= last))
+                head.pruned_seq = max(int(head.pruned_seq), int(last))
+                session.commit()
+
+    # -- following SQL ----------------------------------------------------------------------
+    def _apply_own(self, tenant_id: int, previous: int, last: int, *, add_ids: np.ndarray, add_features: np.ndarray, remove_ids: list[int]) -> None:
+        """Apply a change this process just committed: directly when the index is exactly at ``previous``, else by
+        catching up from the log (another replica's changes came first)."""
+        index = self.indexes.get(tenant_id)
+        with index.sync_lock:
+            if index.loaded and index.cursor == previous:
+                index.apply(add_ids=add_ids, add_features=add_features, remove_ids=remove_ids, cursor=last)
+                return
+        self.catch_up(tenant_id)
+
+    def follow(self) -> dict[int, str]:
+        """One poll: apply every tenant's new changes, drop indexes of deleted tenants; returns what was done."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Tenant.id, GalleryHead.seq, GalleryHead.pruned_seq, GalleryHead.encoder_sha256, GalleryHead.encoder_dim).outerjoin(
+                    GalleryHead, GalleryHead.tenant_id == Tenant.id
+                )
+            ).all()
+        actions: dict[int, str] = {}
+        live = {row[0] for row in rows}
+        for tenant_id in self.indexes.tenant_ids():
+            if tenant_id not in live:
+                self.forget_tenant(tenant_id)
+                actions[tenant_id] = "dropped"
+        for tenant_id, seq, _pruned, sha, dim in rows:
+            if seq is None:
+                continue  # never written: nothing to index
+            if not self._note_head(tenant_id, sha, dim):
+                index = self.indexes.peek(tenant_id)
+                if index is not None and index.size:
+                    index.replace(index.new_index(), 0)
+                    index.loaded = False
+                actions[tenant_id] = "encoder mismatch"
+                continue
+            index = self.indexes.get(tenant_id)
+            if not index.loaded or index.cursor < seq:
+                actions[tenant_id] = self.catch_up(tenant_id)
         return actions
 
-    def feature_batches(self, tenant_id: int, after_id: int | None, batch: int = 10000):  # type: ignore[no-untyped-def]
-        """(ids, index vectors) of a tenant's items with id > after_id, read from SQL in id order."""
-        last = after_id or 0
+    def forget_tenant(self, tenant_id: int) -> None:
+        self.indexes.drop(tenant_id)
+        self.mismatched.pop(tenant_id, None)
+
+    def catch_up(self, tenant_id: int) -> str:
+        """Bring this replica's index of the tenant up to SQL: load the saved file on first use, apply the log after
+        its cursor, or rebuild from the items when there is no usable file or the log was pruned past its cursor."""
+        index = self.indexes.get(tenant_id)
+        with index.sync_lock:
+            with self.sessions() as session:
+                head = session.get(GalleryHead, tenant_id)
+                pruned = int(head.pruned_seq) if head is not None else 0
+            first = not index.loaded
+            action = "caught up"
+            skip: set[int] = set()
+            if first:
+                action = "loaded" if index.load() else "built"
+            if action == "built" or index.cursor < pruned:
+                skip = self._rebuild(index)
+                action = "rebuilt" if action != "built" else action
+            self._apply_log(index, skip)
+            if first:
+                index.loaded = True
+                if index.size != self.count(tenant_id):  # a file that does not match SQL (or a write raced this check): start over
+                    skip = self._rebuild(index)
+                    self._apply_log(index, skip)
+                    action = "rebuilt"
+            return action
+
+    def _rebuild(self, index: TenantIndex) -> set[int]:
+        """Refill from the items table; returns the ids loaded (changes logged meanwhile must not add them twice)."""
+        tenant_id = index.tenant_id
+        with self.sessions() as session:
+            head = session.get(GalleryHead, tenant_id)
+            start = int(head.seq) if head is not None else 0
+        index.replace(index.new_index(), start)
+        loaded: set[int] = set()
+        last = 0
         while True:
             with self.sessions() as session:
                 rows = session.execute(
                     select(GalleryItem.id, GalleryItem.feature)
                     .where(GalleryItem.tenant_id == tenant_id, GalleryItem.id > last)
                     .order_by(GalleryItem.id)
-                    .limit(batch)
+                    .limit(10000)
                 ).all()
             if not rows:
-                return
+                return loaded
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             feats = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows])
-            yield ids, index_vectors(feats)
+            index.apply(add_ids=ids, add_features=index_vectors(feats), remove_ids=(), cursor=start)
+            loaded.update(int(i) for i in ids)
             last = int(ids[-1])
+
+    def _apply_log(self, index: TenantIndex, skip: set[int]) -> None:
+        """Apply the tenant's changes after the index's cursor, in order (callers hold ``index.sync_lock``)."""
+        tenant_id = index.tenant_id
+        while True:
+            with self.sessions() as session:
+                changes = session.execute(
+                    select(GalleryChange.seq, GalleryChange.item_id, GalleryChange.op)
+                    .where(GalleryChange.tenant_id == tenant_id, GalleryChange.seq > index.cursor)
+                    .order_by(GalleryChange.seq)
+                    .limit(IN_CHUNK)
+                ).all()
+                if not changes:
+                    return
+                removed = {int(item) for _, item, op in changes if op == "del"}
+                wanted = [int(item) for _, item, op in changes if op == "add" and int(item) not in removed and int(item) not in skip]
+                rows = (
+                    session.execute(
+                        select(GalleryItem.id, GalleryItem.feature).where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(wanted))
+                    ).all()
+                    if wanted
+                    else []
+                )
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            feats = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]) if rows else np.zeros((0, index.config.dim), np.float32)
+            index.apply(add_ids=ids, add_features=index_vectors(feats) if rows else feats, remove_ids=removed, cursor=int(changes[-1][0]))
+
+    def sync_indexes(self) -> dict[int, str]:
+        """Start-up: delete index files of tenants that are gone, then bring every tenant's index up to SQL."""
+        with self.sessions() as session:
+            tenant_ids = list(session.scalars(select(Tenant.id)).all())
+        self.indexes.remove_stray_files(tenant_ids)
+        return self.follow()
 
     def count(self, tenant_id: int) -> int:
         with self.sessions() as session:
             return int(session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.tenant_id == tenant_id)) or 0)
 
 
-def charge_subject_budgets(session: Session, tenant_id: int, policy: TenantPolicy, items: list[ItemInput], per_release: float) -> None:
-    """Refuse (raise, nothing charged) if any subject would exceed its budget; else add μ² per release."""
+def _requested(items: list[ItemInput]) -> dict[str, int]:
     requested: dict[str, int] = defaultdict(int)
     for item in items:
         if item.budget_key:
             requested[item.budget_key] += 1
-    if not requested:
-        return
-    rows = session.scalars(select(SubjectBudget).where(SubjectBudget.tenant_id == tenant_id, SubjectBudget.subject_ref.in_(list(requested))))
-    budgets = {row.subject_ref: row for row in rows}
+    return dict(requested)
+
+
+def _refuse_over_budget(policy: TenantPolicy, charges: list[tuple[str, float, float]]) -> None:
+    """Raise if any (subject, spent μ², requested μ²) would pass the subject budget."""
     limit = policy.subject_mu_budget()
-    checks = [BudgetCheck(key, budgets[key].mu_squared if key in budgets else 0.0, count * per_release, limit) for key, count in requested.items()]
+    checks = [BudgetCheck(key, spent, requested, limit) for key, spent, requested in charges]
     refused = [check.as_dict(policy.subject_delta or policy.delta) for check in checks if not check.allowed]
     if refused:
         raise PrivacyBudgetExceeded(
             f"enrollment would exceed the per-subject privacy budget for {len(refused)} subject(s); nothing was stored",
             details={"subjects": refused},
         )
-    for key, count in requested.items():
-        row = budgets.get(key)
-        if row is None:
-            row = SubjectBudget(tenant_id=tenant_id, subject_ref=key, mu_squared=0.0, releases=0)
-            session.add(row)
-        row.mu_squared += count * per_release
-        row.releases += count
+
+
+def charge_subject_budgets(session: Session, tenant_id: int, policy: TenantPolicy, items: list[ItemInput], per_release: float) -> None:
+    """Charge μ² per release in one atomic statement (INSERT … ON CONFLICT DO UPDATE … RETURNING) and check the totals
+    it returns in the same transaction: over budget raises, and the caller's rollback undoes the charge."""
+    requested = _requested(items)
+    if not requested:
+        return
+    if math.isinf(per_release):  # no noise: no finite budget can pay for it
+        _refuse_over_budget(policy, [(key, 0.0, math.inf) for key in requested])
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+    now = datetime.now(UTC)
+    stmt = upsert(SubjectBudget).values(
+        [
+            {"tenant_id": tenant_id, "subject_ref": key, "mu_squared": count * per_release, "releases": count, "updated_at": now}
+            for key, count in requested.items()
+        ]
+    )
+    statement = stmt.on_conflict_do_update(
+        index_elements=[SubjectBudget.tenant_id, SubjectBudget.subject_ref],
+        set_={
+            "mu_squared": SubjectBudget.mu_squared + stmt.excluded.mu_squared,
+            "releases": SubjectBudget.releases + stmt.excluded.releases,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    ).returning(SubjectBudget.subject_ref, SubjectBudget.mu_squared)
+    totals = {ref: float(total) for ref, total in session.execute(statement).all()}
+    charges = [(key, totals[key] - count * per_release, count * per_release) for key, count in requested.items()]
+    _refuse_over_budget(policy, charges)
 
 
 def index_vectors(noisy: np.ndarray) -> np.ndarray:
     """Index holds unit-length copies of the noisy features (post-processing): scores are cosines."""
     norms = np.linalg.norm(noisy, axis=1, keepdims=True)
     return (noisy / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def _matches(row: GalleryItem, score: float, f: SearchFilters) -> bool:
-    if f.min_score is not None and score < f.min_score:
-        return False
-    if f.camera_ids is not None and row.camera_id not in f.camera_ids:
-        return False
-    if f.subject_ref is not None and row.subject_ref != f.subject_ref:
-        return False
-    captured = as_utc(row.captured_at)
-    if f.captured_from is not None and captured < as_utc(f.captured_from):
-        return False
-    return not (f.captured_to is not None and captured > as_utc(f.captured_to))

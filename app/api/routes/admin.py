@@ -24,6 +24,8 @@ from app.api.schemas import (
     KeyOut,
     PolicyIn,
     PolicyOut,
+    RateLimitsIn,
+    RateLimitsOut,
     TenantDeleted,
     TenantIn,
     TenantOut,
@@ -144,14 +146,14 @@ async def delete_tenant(tenant_id: TenantId, request: Request, actor: AdminDep) 
     state = get_state(request)
 
     def run() -> int:
-        with state.gallery.tenant_lock(tenant_id), state.sessions() as session:
+        with state.sessions() as session, state.gallery.locks.hold(session, tenant_id):
             tenant = _tenant(session, tenant_id)
             count = session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.tenant_id == tenant_id)) or 0
             session.delete(tenant)
             audit(session, actor, "tenant.delete", tenant_id, {"items_erased": int(count)})
             session.commit()
-            state.indexes.drop(tenant_id)
-            return int(count)
+        state.gallery.forget_tenant(tenant_id)  # the other replicas drop theirs at their next poll
+        return int(count)
 
     erased = await run_in_threadpool(run)
     state.metrics.forget_tenant(tenant_id)
@@ -232,6 +234,35 @@ def privacy_tradeoff(
     row = session.get(PrivacyPolicyRow, tenant_id)  # no policy yet: the defaults a new policy would get
     delta, clip_norm = (row.delta, row.clip_norm) if row is not None else (state.settings.default_delta, state.settings.clip_norm)
     return TradeoffOut.model_validate(expected_utility(state.calibration, epsilon, delta=delta, clip_norm=clip_norm))
+
+
+def limits_out(tenant: Tenant, request: Request) -> RateLimitsOut:
+    settings = get_state(request).settings
+    return RateLimitsOut(
+        requests_per_second=settings.rate_requests_per_second if tenant.requests_per_second is None else tenant.requests_per_second,
+        crops_per_second=settings.rate_crops_per_second if tenant.crops_per_second is None else tenant.crops_per_second,
+        requests_per_second_default=tenant.requests_per_second is None,
+        crops_per_second_default=tenant.crops_per_second is None,
+    )
+
+
+@router.get("/tenants/{tenant_id}/limits", response_model=RateLimitsOut, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound))
+def get_limits(tenant_id: TenantId, request: Request, session: SessionDep, _: AdminDep) -> RateLimitsOut:
+    """The per-key rate limits in force for this tenant's keys."""
+    return limits_out(_tenant(session, tenant_id), request)
+
+
+@router.put("/tenants/{tenant_id}/limits", response_model=RateLimitsOut, responses=errors(*ADMIN_AUTH, *JSON_BODY, NotFound))
+def set_limits(tenant_id: TenantId, body: RateLimitsIn, request: Request, session: SessionDep, actor: AdminDep) -> RateLimitsOut:
+    """Override the per-key rate limits of this tenant's keys (fields left out: the service defaults; 0: unlimited).
+    Each replica counts its own traffic."""
+    tenant = _tenant(session, tenant_id)
+    before = {"requests_per_second": tenant.requests_per_second, "crops_per_second": tenant.crops_per_second}
+    tenant.requests_per_second = body.requests_per_second
+    tenant.crops_per_second = body.crops_per_second
+    audit(session, actor, "limits.update", tenant_id, {"before": before, "after": body.model_dump()})
+    session.commit()
+    return limits_out(tenant, request)
 
 
 @router.get("/audit", response_model=list[AuditOut], summary="Audit log, newest first", responses=errors(*ADMIN_AUTH, *PARAMS))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import defer
 
 from app.api.contract import ENCODER, JSON_BODY, LIMITED, PARAMS, TENANT_AUTH, UPLOAD, errors
 from app.api.deps import SessionDep, TenantDep, get_state
@@ -30,13 +31,18 @@ from app.api.schemas import (
     ItemPage,
     NoiseOut,
     SearchOut,
+    SubjectHitOut,
+    SubjectSearchOut,
     Timestamp,
+    TrackHitOut,
+    TrackSearchOut,
     epsilon_out,
     optional,
 )
 from app.core.errors import Conflict, DomainError, InvalidImage, InvalidInput, NotFound, PayloadTooLarge, PrivacyBudgetExceeded
 from app.db.tables import GalleryItem
 from app.services.gallery import ItemInput, SearchFilters
+from app.services.groups import GroupHit
 from app.services.images import ImageLimits, decode_crop
 
 if TYPE_CHECKING:
@@ -122,14 +128,17 @@ async def enroll(
     state = get_state(request)
     if len(images) > state.settings.max_batch:
         raise PayloadTooLarge(f"{len(images)} images exceeds the batch limit of {state.settings.max_batch}")
+    state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, len(images))
     items_meta = _parse_metadata(metadata, len(images))
+    items = [ItemInput(**m.model_dump()) for m in items_meta]
+    # Policy, encoder and budgets before the encoder pass: a refused request costs no encoding.
+    await run_in_threadpool(state.gallery.precheck_enroll, tenant.tenant_id, items)
     crops = await _decode_all(request, images)
     started = time.perf_counter()
     features = await state.embedding.embed(crops)
     state.metrics.embed_seconds.labels("enroll").observe(time.perf_counter() - started)
     state.metrics.images_embedded.labels("enroll").inc(len(crops))
     state.metrics.batch_size.observe(len(crops))
-    items = [ItemInput(**m.model_dump()) for m in items_meta]
     result = await run_in_threadpool(state.gallery.enroll, tenant.tenant_id, items, features)
     state.metrics.releases.labels(str(tenant.tenant_id), result.params.mechanism).inc(len(result.ids))
     state.metrics.gallery_size.labels(str(tenant.tenant_id)).set(state.indexes.get(tenant.tenant_id).size)
@@ -152,10 +161,21 @@ async def enroll(
     )
 
 
+SEARCH_DESCRIPTION = """Encode the query crop (never stored) and match it against the tenant's gallery of released (noisy) features.
+
+Without `group_by` the hits are single records, best first. With `group_by=track_ref` (or `subject_ref`) the hits are
+tracks (subjects): the released features of each group's records that pass the filters are averaged and L2-normalised
+(post-processing: no privacy cost; the noise of a mean of n records is 1/sqrt(n) of one record's), and each hit gives
+the group's score, item ids, cameras and time span. Records without that reference are not part of grouped search.
+`min_score` applies to the hit's score in both modes."""
+GROUP_BY_SCHEMA = {"type": "string", "enum": ["track_ref", "subject_ref"]}
+
+
 @router.post(
     "/search",
-    response_model=SearchOut,
+    response_model=SearchOut | TrackSearchOut | SubjectSearchOut,
     summary="Search the tenant's gallery with a query crop",
+    description=SEARCH_DESCRIPTION,
     responses=errors(*TENANT_AUTH, *UPLOAD, *LIMITED, *ENCODER),
 )
 async def search(
@@ -172,9 +192,16 @@ async def search(
     captured_to: Annotated[Timestamp | None, Form(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
     min_score: Annotated[FiniteFloat | None, Form(ge=-1.0, le=1.0), optional({"type": "number", "minimum": -1.0, "maximum": 1.0})] = None,
     subject_ref: Annotated[Identifier | None, Form(), optional(IDENTIFIER_SCHEMA)] = None,
-) -> SearchOut:
+    group_by: Annotated[
+        Literal["track_ref", "subject_ref"] | None,
+        Form(description="hits are tracks (track_ref) or subjects (subject_ref), each the mean of its records; leave out for records"),
+        optional(GROUP_BY_SCHEMA),
+    ] = None,
+) -> SearchOut | TrackSearchOut | SubjectSearchOut:
     state = get_state(request)
     k = k if k is not None else 10
+    state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, 1)
+    state.gallery.check_encoder(tenant.tenant_id)  # before the encoder pass
     crops = await _decode_all(request, [image])
     started = time.perf_counter()
     query = await state.embedding.embed(crops)
@@ -187,13 +214,25 @@ async def search(
         min_score=min_score,
         subject_ref=subject_ref,
     )
+    if group_by == "track_ref":
+        groups = await run_in_threadpool(state.gallery.search_groups, tenant.tenant_id, query[0], k, group_by, filters)
+        return TrackSearchOut(group_by=group_by, k=k, hits=[TrackHitOut(track_ref=g.key, count=len(g.item_ids), **_group_fields(g)) for g in groups])
+    if group_by == "subject_ref":
+        groups = await run_in_threadpool(state.gallery.search_groups, tenant.tenant_id, query[0], k, group_by, filters)
+        return SubjectSearchOut(
+            group_by=group_by, k=k, hits=[SubjectHitOut(subject_ref=g.key, count=len(g.item_ids), **_group_fields(g)) for g in groups]
+        )
     hits = await run_in_threadpool(state.gallery.search, tenant.tenant_id, query[0], k, filters)
     return SearchOut(k=k, hits=[HitOut(**ItemOut.of(h.item).model_dump(), score=h.score) for h in hits])
 
 
+def _group_fields(group: GroupHit) -> dict[str, Any]:
+    return {"score": group.score, "item_ids": group.item_ids, "cameras": group.cameras, "first_seen": group.first_seen, "last_seen": group.last_seen}
+
+
 @router.get("/gallery/{item_id:int}", response_model=ItemOut, responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED, NotFound))
 def get_item(item_id: ItemId, tenant: TenantDep, session: SessionDep) -> ItemOut:
-    row = session.get(GalleryItem, item_id)
+    row = session.get(GalleryItem, item_id, options=[defer(GalleryItem.feature)])
     if row is None or row.tenant_id != tenant.tenant_id:
         raise NotFound(f"gallery item {item_id} not found")
     return ItemOut.of(row)
@@ -210,7 +249,7 @@ def list_items(
     captured_from: Annotated[Timestamp | None, Query(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
     captured_to: Annotated[Timestamp | None, Query(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
 ) -> ItemPage:
-    query = select(GalleryItem).where(GalleryItem.tenant_id == tenant.tenant_id, GalleryItem.id > after_id)
+    query = select(GalleryItem).options(defer(GalleryItem.feature)).where(GalleryItem.tenant_id == tenant.tenant_id, GalleryItem.id > after_id)
     if camera_id is not None:
         query = query.where(GalleryItem.camera_id == camera_id)
     if subject_ref is not None:

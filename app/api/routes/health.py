@@ -53,7 +53,8 @@ async def readyz(request: Request) -> JSONResponse:
 
         checks["database"] = await run_in_threadpool(ping)
     ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    mismatched = sorted(state.gallery.mismatched) if state is not None else []
+    return JSONResponse({"ready": ready, "checks": checks, "model_mismatch_tenants": mismatched}, status_code=200 if ready else 503)
 
 
 def require_metrics_reader(
@@ -90,7 +91,8 @@ def metrics(request: Request, _: Annotated[None, Security(require_metrics_reader
 
 @router.get("/v1/model", response_model=ModelOut, tags=["model"], summary="The encoder that serves this gallery", responses=errors())
 def model_info(request: Request) -> ModelOut:
-    embedder = get_state(request).embedding.embedder
+    state = get_state(request)
+    embedder = state.embedding.embedder
     meta = embedder.metadata
     return ModelOut(
         name=embedder.source or str(meta.get("name", "encoder")),
@@ -102,4 +104,5 @@ def model_info(request: Request) -> ModelOut:
         checkpoint_sha256=embedder.sha256,
         untrained_fallback=embedder.untrained,
         metrics=meta.get("metrics"),
+        model_mismatch_tenants=sorted(state.gallery.mismatched),
     )
