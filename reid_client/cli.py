@@ -145,15 +145,15 @@ def search_command(args: argparse.Namespace) -> int:
             [
                 str(i),
                 f"{h.score:.4f}",
-                str(getattr(h, result.group_by) or "-"),
+                h.key,
                 str(h.count),
-                ",".join(h.camera_ids),
-                _time(h.captured_from),
-                _time(h.captured_to),
+                ",".join(h.cameras),
+                _time(h.first_seen),
+                _time(h.last_seen),
             ]
             for i, h in enumerate(result.hits, 1)
         ]
-        print(_table(["rank", "score", result.group_by, "crops", "cameras", "from", "to"], rows))
+        print(_table(["rank", "score", result.group_by, "crops", "cameras", "first_seen", "last_seen"], rows))
     else:
         rows = [
             [str(i), f"{h.score:.4f}", str(h.id), h.camera_id, _time(h.captured_at), h.track_ref or "-", h.subject_ref or "-", h.external_id or "-"]

@@ -51,16 +51,23 @@ class SearchResult(_Model):
 
 
 class GroupHit(_Model):
-    """One track or subject: its records averaged, then matched (``group_by`` search)."""
+    """One track or subject: its records' released features averaged, then matched (``group_by`` search).
+
+    ``track_ref`` is set when grouping by track, ``subject_ref`` when grouping by subject."""
 
     track_ref: str | None = None
     subject_ref: str | None = None
     score: float
     item_ids: list[int]
-    camera_ids: list[str]
-    captured_from: datetime | None = None
-    captured_to: datetime | None = None
+    cameras: list[str]
+    first_seen: datetime
+    last_seen: datetime
     count: int
+
+    @property
+    def key(self) -> str:
+        """The group's reference (its track_ref or subject_ref)."""
+        return str(self.track_ref if self.track_ref is not None else self.subject_ref)
 
 
 class GroupedSearchResult(_Model):
@@ -124,6 +131,7 @@ class AuditEntry(_Model):
 
 class TradeoffPoint(_Model):
     epsilon: float
+    grouping: Literal["record", "track"] = "record"
     delta: float
     sigma: float
     within_calibration: bool
@@ -141,6 +149,10 @@ class Tradeoff(_Model):
     checkpoint_sha256: str | None = None
     points: list[TradeoffPoint] = []
     no_noise: dict[str, float] | None = None
+    groupings: dict[str, str] | None = None
+    track_points: list[TradeoffPoint] = []
+    track_no_noise: dict[str, float] | None = None
+    track_mean_size: float | None = None
 
 
 class ModelInfo(_Model):

@@ -254,6 +254,59 @@ class SearchOut(BaseModel):
     k: int
 
 
+_GROUP_HIT_EXAMPLE: dict[str, Any] = {
+    "score": 0.71,
+    "item_ids": [42, 43, 57],
+    "cameras": ["cam-07", "cam-09"],
+    "first_seen": "2026-11-26T08:15:00Z",
+    "last_seen": "2026-11-26T08:16:40Z",
+    "count": 3,
+}
+
+
+class GroupHitBase(BaseModel):
+    """One group (a track or a subject): its records' released features averaged, L2-normalised, then matched."""
+
+    score: float = Field(description="cosine of the query to the normalised mean of the group's records that pass the filters")
+    item_ids: list[int] = Field(description="the records averaged into this hit, ascending")
+    cameras: list[str] = Field(description="the cameras of those records, sorted")
+    first_seen: UtcDatetime = Field(description="earliest captured_at of those records")
+    last_seen: UtcDatetime = Field(description="latest captured_at of those records")
+    count: int = Field(description="number of records averaged")
+
+
+class TrackHitOut(GroupHitBase):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"track_ref": "t-4411", **_GROUP_HIT_EXAMPLE}]})
+    track_ref: str
+
+
+class SubjectHitOut(GroupHitBase):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"subject_ref": "person-17", **_GROUP_HIT_EXAMPLE}]})
+    subject_ref: str
+
+
+class TrackSearchOut(BaseModel):
+    """``group_by=track_ref``: hits are tracks, best first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"group_by": "track_ref", "k": 10, "hits": [{"track_ref": "t-4411", **_GROUP_HIT_EXAMPLE}]}]}
+    )
+    group_by: Literal["track_ref"]
+    k: int
+    hits: list[TrackHitOut]
+
+
+class SubjectSearchOut(BaseModel):
+    """``group_by=subject_ref``: hits are subjects, best first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"group_by": "subject_ref", "k": 10, "hits": [{"subject_ref": "person-17", **_GROUP_HIT_EXAMPLE}]}]}
+    )
+    group_by: Literal["subject_ref"]
+    k: int
+    hits: list[SubjectHitOut]
+
+
 class ItemPage(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_ITEM_EXAMPLE], "next_after_id": 42}]})
     items: list[ItemOut]
@@ -444,6 +497,9 @@ class AuditOut(BaseModel):
 
 class TradeoffPoint(BaseModel):
     epsilon: float
+    grouping: Literal["record", "track"] = Field(
+        "record", description="record: per-record search; track: track search (group_by=track_ref, each track's records averaged)"
+    )
     delta: float
     sigma: float
     within_calibration: bool = Field(description="false outside the calibrated ε range: no figures are extrapolated (they are null)")
@@ -468,6 +524,7 @@ class TradeoffOut(BaseModel):
                     "points": [
                         {
                             "epsilon": 64.0,
+                            "grouping": "record",
                             "delta": 1e-5,
                             "sigma": 0.11,
                             "within_calibration": True,
@@ -478,6 +535,22 @@ class TradeoffOut(BaseModel):
                         }
                     ],
                     "no_noise": {"rank1": 0.439, "mAP": 0.434},
+                    "groupings": {"record": "per-record search", "track": "track search (group_by=track_ref)"},
+                    "track_points": [
+                        {
+                            "epsilon": 64.0,
+                            "grouping": "track",
+                            "delta": 1e-5,
+                            "sigma": 0.11,
+                            "within_calibration": True,
+                            "interpolated": False,
+                            "rank1": 0.52,
+                            "mAP": 0.55,
+                            "extra": {},
+                        }
+                    ],
+                    "track_no_noise": {"rank1": 0.58, "mAP": 0.59},
+                    "track_mean_size": 3.8,
                 }
             ]
         }
@@ -489,8 +562,14 @@ class TradeoffOut(BaseModel):
     checkpoint_sha256: str | None = None
     data: str | None = None
     note: str | None = None
-    points: list[TradeoffPoint]
-    no_noise: dict[str, float] | None = Field(None, description="figures without noise (ε = inf), when calibrated")
+    points: list[TradeoffPoint] = Field(description="per-record search (grouping: record)")
+    no_noise: dict[str, float] | None = Field(None, description="per-record figures without noise (ε = inf), when calibrated")
+    groupings: dict[str, str] | None = Field(None, description="what each grouping's numbers measure")
+    track_points: list[TradeoffPoint] = Field(
+        default_factory=list, description="track search (grouping: track); empty when the calibration file has no track rows"
+    )
+    track_no_noise: dict[str, float] | None = Field(None, description="track-search figures without noise (ε = inf), when calibrated")
+    track_mean_size: float | None = Field(None, description="mean records per track on the calibration split")
 
 
 class ModelOut(BaseModel):

@@ -23,16 +23,17 @@ def load_calibration(checkpoint: Path | None) -> dict[str, Any] | None:
     return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
-def expected_utility(calibration: dict[str, Any] | None, epsilons: list[float] | None, *, delta: float, clip_norm: float) -> dict[str, Any]:
-    """Per candidate ε: σ, and the measured figures interpolated (in log ε) between calibration points.
+RECORD_NOTE = "expected search quality of clean queries against a gallery noised at each epsilon, measured offline on the calibration split"
+GROUPINGS = {
+    "record": "per-record search: clean queries against single released records",
+    "track": "track search (group_by=track_ref): clean queries against the normalised mean of each track's released records",
+}
 
-    Outside the calibrated ε range nothing is extrapolated: the figures are null and ``within_calibration`` is false.
-    Figures other than rank-1 and mAP that the calibration file holds (e.g. attack success) are passed on in ``extra``.
-    """
-    if calibration is None:
-        return {"available": False, "reason": "no calibration file beside the encoder checkpoint", "points": []}
-    points = sorted((p for p in calibration["points"] if p["epsilon"] != "inf"), key=lambda p: float(p["epsilon"]))
-    clean = next((p for p in calibration["points"] if p["epsilon"] == "inf"), None)
+
+def _points(rows: list[dict[str, Any]], epsilons: list[float] | None, *, delta: float, clip_norm: float, grouping: str) -> dict[str, Any]:
+    """Per candidate ε: σ, and the measured figures of ``rows`` interpolated in log ε (nothing outside their range)."""
+    points = sorted((p for p in rows if p["epsilon"] != "inf"), key=lambda p: float(p["epsilon"]))
+    clean = next((p for p in rows if p["epsilon"] == "inf"), None)
     grid = np.log([float(p["epsilon"]) for p in points])
     metrics = [m for m, v in points[0].items() if isinstance(v, dict) and "mean" in v] if points else []
     out = []
@@ -42,6 +43,7 @@ def expected_utility(calibration: dict[str, Any] | None, epsilons: list[float] |
         out.append(
             {
                 "epsilon": eps,
+                "grouping": grouping,
                 "delta": delta,
                 "sigma": gaussian_sigma(eps, delta, 2 * clip_norm),
                 "within_calibration": inside,
@@ -52,12 +54,37 @@ def expected_utility(calibration: dict[str, Any] | None, epsilons: list[float] |
             }
         )
     return {
+        "points": out,
+        "range": [float(points[0]["epsilon"]), float(points[-1]["epsilon"])] if points else None,
+        "no_noise": {m: v["mean"] for m, v in clean.items() if isinstance(v, dict) and "mean" in v} if clean else None,
+    }
+
+
+def expected_utility(calibration: dict[str, Any] | None, epsilons: list[float] | None, *, delta: float, clip_norm: float) -> dict[str, Any]:
+    """Per candidate ε: σ, and the measured figures interpolated (in log ε) between calibration points.
+
+    Outside the calibrated ε range nothing is extrapolated: the figures are null and ``within_calibration`` is false.
+    Figures other than rank-1 and mAP that the calibration file holds (e.g. attack success) are passed on in ``extra``.
+    Every point says its ``grouping``: ``points`` are per-record search (every calibration file has them; files written
+    before groupings existed are per-record), ``track_points`` track search (empty when the file has no track rows).
+    """
+    if calibration is None:
+        return {"available": False, "reason": "no calibration file beside the encoder checkpoint", "points": [], "track_points": []}
+    record_rows = [p for p in calibration["points"] if p.get("grouping", "record") == "record"]
+    track_rows = [p for p in calibration.get("track_points", []) if p.get("grouping", "track") == "track"]
+    record = _points(record_rows, epsilons, delta=delta, clip_norm=clip_norm, grouping="record")
+    track = _points(track_rows, epsilons, delta=delta, clip_norm=clip_norm, grouping="track") if track_rows else None
+    return {
         "available": True,
         "calibrated_delta": calibration.get("delta"),
-        "calibrated_range": [float(points[0]["epsilon"]), float(points[-1]["epsilon"])] if points else None,
+        "calibrated_range": record["range"],
         "checkpoint_sha256": calibration.get("checkpoint_sha256"),
         "data": calibration.get("data"),
-        "note": "expected search quality of clean queries against a gallery noised at each epsilon, measured offline on the calibration split",
-        "points": out,
-        "no_noise": {m: v["mean"] for m, v in clean.items() if isinstance(v, dict) and "mean" in v} if clean else None,
+        "note": RECORD_NOTE,
+        "groupings": GROUPINGS,
+        "points": record["points"],
+        "no_noise": record["no_noise"],
+        "track_points": track["points"] if track else [],
+        "track_no_noise": track["no_noise"] if track else None,
+        "track_mean_size": next((float(p["mean_track_size"]) for p in track_rows if "mean_track_size" in p), None),
     }

@@ -17,16 +17,20 @@ from models.checkpoint import Embedder
 log = logging.getLogger("reid.embedding")
 
 
-def load_embedder(checkpoint: Path | None, *, device: str, allow_untrained: bool) -> Embedder:
-    """The configured checkpoint, else the shipped one, else (if allowed) the labelled fallback."""
+def load_embedder(checkpoint: Path | None, *, device: str, allow_untrained: bool, backend: str = "torch", artifact: Path | None = None) -> Embedder:
+    """The configured checkpoint, else the shipped one, else (if allowed) the labelled fallback.
+
+    A checkpoint runs on ``backend`` (``auto``: the fastest that matches PyTorch; see models.inference.select).
+    """
     from models import DEFAULT_CHECKPOINT
     from models.checkpoint import load_encoder, untrained_encoder
+    from models.inference.select import select_backend
 
     path = checkpoint or (DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists() else None)
     if path is not None:
         embedder = load_encoder(path, device)
         log.info("encoder %s loaded on %s (sha256 %s)", path.name, embedder.device, (embedder.sha256 or "")[:12])
-        return embedder
+        return select_backend(embedder, backend, artifact)
     if not allow_untrained:
         raise FileNotFoundError("no encoder checkpoint found and REID_ALLOW_UNTRAINED is false")
     log.warning("no encoder checkpoint: serving the UNTRAINED fallback encoder (search results are meaningless)")

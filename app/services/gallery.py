@@ -24,6 +24,7 @@ from app.core.errors import Conflict, ModelMismatch, PrivacyBudgetExceeded
 from app.db.session import LOCK_RETENTION, TenantWriteLocks, run_once_lock
 from app.db.tables import GalleryChange, GalleryHead, GalleryItem, PrivacyPolicyRow, ServiceJob, SubjectBudget, Tenant
 from app.index.faiss_store import IndexRegistry, TenantIndex
+from app.services.groups import GroupBy, GroupFilters, GroupHit, GroupSearch
 from app.services.privacy import BudgetCheck, TenantPolicy, release_mu_squared
 from models.privacy.mechanism import GaussianMechanism, NoiseParameters
 
@@ -120,6 +121,7 @@ class GalleryService:
     change_log_days: float = 7.0
     locks: TenantWriteLocks = field(init=False)
     mismatched: dict[int, EncoderIdentity] = field(default_factory=dict)  # tenants whose gallery another encoder made
+    groups: GroupSearch = field(default_factory=GroupSearch)  # grouped search's record cache (app/services/groups.py)
 
     def __post_init__(self) -> None:
         self.locks = TenantWriteLocks(self.engine)
@@ -262,6 +264,18 @@ class GalleryService:
                 break  # scores come sorted: nothing after this qualifies
             pairs.append((int(item_id), float(score)))
         return self._hydrate(tenant_id, pairs)
+
+    def search_groups(self, tenant_id: int, query: np.ndarray, k: int, group_by: GroupBy, filters: SearchFilters) -> list[GroupHit]:
+        """Top-k tracks or subjects: each group's released records averaged, then L2-normalised (app/services/groups.py)."""
+        self.check_encoder(tenant_id)
+        group_filters = GroupFilters(
+            camera_ids=filters.camera_ids,
+            captured_from=filters.captured_from,
+            captured_to=filters.captured_to,
+            min_score=filters.min_score,
+            subject_ref=filters.subject_ref,
+        )
+        return self.groups.search(self.sessions, tenant_id, group_by, query, k, group_filters)
 
     def _matching_ids(self, tenant_id: int, f: SearchFilters) -> np.ndarray:
         query = select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id)
@@ -415,6 +429,7 @@ class GalleryService:
 
     def forget_tenant(self, tenant_id: int) -> None:
         self.indexes.drop(tenant_id)
+        self.groups.forget(tenant_id)
         self.mismatched.pop(tenant_id, None)
 
     def catch_up(self, tenant_id: int) -> str:

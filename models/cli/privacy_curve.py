@@ -4,7 +4,8 @@ Clean query features are matched against a gallery released through the Gaussian
 mechanism at each ε (δ fixed). Per ε and encoder, averaged over several noise draws:
 rank-1, rank-5, mAP, the paper's ID-accuracy attacker trained on the protected gallery,
 and a linkage attack (rank-1 of protected gallery records matched against each other
-across cameras). Writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
+across cameras); rows of grouping ``track`` match against each track's averaged records
+(``--no-tracks`` skips them). Writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from models.checkpoint import load_encoder
 from models.cli.eval import split_features
-from models.privacy.curve import DEFAULT_EPSILONS, calibration, curve_for, markdown_table, write_markdown
+from models.privacy.curve import DEFAULT_EPSILONS, GROUPINGS, calibration, curve_for, markdown_table, write_markdown
 
 
 def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> None:
@@ -27,7 +28,8 @@ def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, rows in results.items():
+    for name, all_rows in results.items():
+        rows = [r for r in all_rows if r.get("grouping", "record") == "record"]
         finite = [r for r in rows if r["epsilon"] != "inf"]
         xs = [float(r["epsilon"]) for r in finite]
         for ax, key, label in ((axes[0], "mAP", "mAP"), (axes[1], "id_acc_linear", "ID accuracy (linear attacker)")):
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--draws", type=int, default=3, help="noise draws per ε (at least 3 for the published table)")
     p.add_argument("--no-attacker", action="store_true", help="skip the ID-accuracy attacker (faster)")
+    p.add_argument("--no-tracks", action="store_true", help="skip the track-level rows (grouping: track)")
     p.add_argument("--plot", type=Path, help="PNG: mAP and ID accuracy against ε")
     p.add_argument("--markdown", type=Path, help="Markdown file: the table replaces the one between its privacy-table markers")
     p.add_argument("--calibration", type=Path, help="write the service's calibration file for --checkpoint here")
@@ -78,13 +81,16 @@ def main(argv: list[str] | None = None) -> None:
     for name, path in encoders:
         embedder = load_encoder(path, args.device)
         shas[name] = embedder.sha256
-        results[name] = curve_for(split_features(embedder, args.data), args.epsilons, args.delta, args.draws, attack=not args.no_attacker)
+        results[name] = curve_for(
+            split_features(embedder, args.data), args.epsilons, args.delta, args.draws, attack=not args.no_attacker, tracks=not args.no_tracks
+        )
     payload = {
         "data": str(args.data),
         "delta": args.delta,
         "draws": args.draws,
         "checkpoints": {n: str(p) for n, p in encoders},
         "sha256": shas,
+        "groupings": GROUPINGS,
         "results": results,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

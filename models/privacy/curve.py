@@ -4,7 +4,11 @@ Clean query features are matched against a gallery released through the Gaussian
 mechanism at each ε (δ fixed). Per ε and encoder, averaged over several noise draws:
 rank-1, rank-5, mAP, the paper's ID-accuracy attacker trained on the protected gallery,
 and a linkage attack (rank-1 of protected gallery records matched against each other
-across cameras). The CLI writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
+across cameras). Every row says its ``grouping``: ``record`` rows match queries against single
+released records; ``track`` rows (same noise draws) match them against the normalised mean of
+each track's released records, a track being one identity's gallery crops in one camera — what
+the service's ``group_by=track_ref`` search does (``models/evaluation/tracks.py``).
+The CLI writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from models.evaluation import cosine_distance, evaluate_rankings
 from models.evaluation.attack import id_accuracy
+from models.evaluation.tracks import evaluate_tracks
 from models.privacy.mechanism import GaussianMechanism, PrivacyPolicy
 
 log = logging.getLogger("reid.privacy_curve")
@@ -38,10 +43,25 @@ def linkage_rank1(gallery: np.ndarray, pids: np.ndarray, cams: np.ndarray) -> fl
     return float(evaluate_rankings(dist, pids, pids, cams, cams)["rank1"])
 
 
-def curve_for(features: dict[str, np.ndarray], epsilons: list[float], delta: float, draws: int, attack: bool) -> list[dict[str, Any]]:
-    rows = []
+GROUPINGS = {
+    "record": "clean queries against single released gallery records",
+    "track": "clean queries against the L2-normalised mean of each track's released records (a track: one identity in one camera)",
+}
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def curve_for(
+    features: dict[str, np.ndarray], epsilons: list[float], delta: float, draws: int, attack: bool, *, tracks: bool = False
+) -> list[dict[str, Any]]:
+    """Rows per ε: ``grouping: record`` ones, then (``tracks``) ``grouping: track`` ones from the same noise draws."""
+    rows, track_rows = [], []
     for epsilon in epsilons:
         samples: dict[str, list[float]] = {"rank1": [], "rank5": [], "mAP": [], "id_acc_linear": [], "linkage_rank1": []}
+        track_samples: dict[str, list[float]] = {"rank1": [], "rank5": [], "mAP": []}
+        track_shape: dict[str, float] = {}
         sigma = 0.0
         for draw in range(1 if math.isinf(epsilon) else draws):
             noisy, sigma = release(features["gf"], epsilon, delta, seed=1000 + draw)
@@ -53,13 +73,24 @@ def curve_for(features: dict[str, np.ndarray], epsilons: list[float], delta: flo
             if attack:
                 samples["id_acc_linear"].append(id_accuracy(noisy, features["g_pids"], features["qf"], features["q_pids"], kind="linear"))
             samples["linkage_rank1"].append(linkage_rank1(noisy, features["g_pids"], features["g_cams"]))
-        row: dict[str, Any] = {"epsilon": "inf" if math.isinf(epsilon) else epsilon, "delta": delta, "sigma": sigma, "draws": len(samples["rank1"])}
-        for key, values in samples.items():
-            if values:
-                row[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+            if tracks:
+                grouped = evaluate_tracks(features["qf"], noisy, features["q_pids"], features["g_pids"], features["q_cams"], features["g_cams"])
+                for key in track_samples:
+                    track_samples[key].append(grouped[key])
+                track_shape = {"num_tracks": grouped["num_tracks"], "mean_track_size": grouped["mean_track_size"]}
+        eps_out = "inf" if math.isinf(epsilon) else epsilon
+        row: dict[str, Any] = {"epsilon": eps_out, "grouping": "record", "delta": delta, "sigma": sigma, "draws": len(samples["rank1"])}
+        row.update({key: _summary(values) for key, values in samples.items() if values})
         rows.append(row)
-        log.info("eps=%s sigma=%.4f rank1=%.4f mAP=%.4f", row["epsilon"], sigma, row["rank1"]["mean"], row["mAP"]["mean"])
-    return rows
+        log.info("eps=%s sigma=%.4f record rank1=%.4f mAP=%.4f", eps_out, sigma, row["rank1"]["mean"], row["mAP"]["mean"])
+        if tracks:
+            track_row: dict[str, Any] = {"epsilon": eps_out, "grouping": "track", "delta": delta, "sigma": sigma}
+            track_row["draws"] = len(track_samples["rank1"])
+            track_row.update({key: _summary(values) for key, values in track_samples.items()})
+            track_row.update(track_shape)
+            track_rows.append(track_row)
+            log.info("eps=%s sigma=%.4f track rank1=%.4f mAP=%.4f", eps_out, sigma, track_row["rank1"]["mean"], track_row["mAP"]["mean"])
+    return rows + track_rows
 
 
 def _fmt(cell: dict[str, float] | None) -> str:
@@ -70,13 +101,14 @@ def _fmt(cell: dict[str, float] | None) -> str:
 
 def markdown_table(results: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
-        "| encoder | ε | σ | rank-1 % | rank-5 % | mAP % | ID acc. (linear) % | linkage rank-1 % |",
-        "|---|---|---|---|---|---|---|---|",
+        "| encoder | ε | grouping | σ | rank-1 % | rank-5 % | mAP % | ID acc. (linear) % | linkage rank-1 % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         for r in rows:
             lines.append(
-                f"| {name} | {r['epsilon']} | {r['sigma']:.4f} | {_fmt(r.get('rank1'))} | {_fmt(r.get('rank5'))} | {_fmt(r.get('mAP'))} "
+                f"| {name} | {r['epsilon']} | {r.get('grouping', 'record')} | {r['sigma']:.4f} "
+                f"| {_fmt(r.get('rank1'))} | {_fmt(r.get('rank5'))} | {_fmt(r.get('mAP'))} "
                 f"| {_fmt(r.get('id_acc_linear'))} | {_fmt(r.get('linkage_rank1'))} |"
             )
     return "\n".join(lines)
@@ -97,11 +129,22 @@ def write_markdown(path: Path, table: str) -> None:
 
 
 def calibration(checkpoint_sha256: str | None, data_name: str, delta: float, draws: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The service's calibration file for one encoder: its measured rank-1 / mAP per ε (``app/services/calibration.py`` reads it)."""
-    return {
+    """The service's calibration file for one encoder (``app/services/calibration.py`` reads it): its measured rank-1 /
+    mAP per ε, ``points`` for per-record search (grouping ``record``, as before) and ``track_points`` for track search
+    (grouping ``track``, when the rows have them)."""
+
+    def keep(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: r[k] for k in ("epsilon", "grouping", "sigma", "rank1", "mAP", "num_tracks", "mean_track_size") if k in r}
+
+    payload: dict[str, Any] = {
         "checkpoint_sha256": checkpoint_sha256,
         "data": data_name,
         "delta": delta,
         "draws": draws,
-        "points": [{k: r[k] for k in ("epsilon", "sigma", "rank1", "mAP") if k in r} for r in rows],
+        "groupings": GROUPINGS,
+        "points": [keep(r) for r in rows if r.get("grouping", "record") == "record"],
     }
+    track_points = [keep(r) for r in rows if r.get("grouping") == "track"]
+    if track_points:
+        payload["track_points"] = track_points
+    return payload

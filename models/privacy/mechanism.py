@@ -2,21 +2,25 @@
 
 Features are clipped to L2 norm C (they are L2-normalised already, so clipping is a
 guard), which bounds the change from replacing one crop by Δ = 2C. Noise N(0, σ²) is
-drawn independently per dimension and per record on the features' device, from a
-generator seeded by the operating system's CSPRNG (``secrets``) unless a test passes
-an explicit seed.
+drawn independently per dimension and per record from a cryptographically secure source
+(see :mod:`models.privacy.noise`: a ChaCha20 keystream under a fresh key from the operating
+system for every release, turned into Gaussians by Box–Muller in float64). Clipping, noise
+and their sum are computed in float64; the result is cast to float32 at the end.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
+import threading
 from dataclasses import asdict, dataclass
+from dataclasses import replace as dataclasses_replace
 
+import numpy as np
 import scipy
 import torch
 
 from models.privacy.gaussian import gaussian_sigma
+from models.privacy.noise import NOISE_SOURCE, SEEDED_SOURCE, NoiseStream
 
 MECHANISM_NAME = "analytic-gaussian"
 
@@ -71,7 +75,7 @@ class PrivacyPolicy:
             sensitivity=self.sensitivity,
             sigma=sigma,
             clip_norm=self.clip_norm,
-            library=f"reid-gallery models.privacy (scipy {scipy.__version__})",
+            library=f"reid-gallery models.privacy (scipy {scipy.__version__}); noise: {NOISE_SOURCE}",
         )
 
 
@@ -82,27 +86,39 @@ def clip_rows(features: torch.Tensor, clip_norm: float) -> torch.Tensor:
 
 
 class GaussianMechanism:
-    """Releases feature batches under a :class:`PrivacyPolicy`."""
+    """Releases feature batches under a :class:`PrivacyPolicy`.
+
+    Every release draws its noise from a new ChaCha20 keystream keyed by ``os.urandom``, so no
+    stream is ever continued or reused across releases, threads or forked worker processes, and
+    no generator state lives in the object. ``seed`` is a test and offline-table hook: the keys
+    are then derived from the seed (reproducible, and therefore not private); the service never
+    passes one.
+    """
 
     def __init__(self, *, seed: int | None = None) -> None:
-        # seed is a test hook; production generators are seeded from the OS CSPRNG.
         self._seed = seed
-        self._generators: dict[str, torch.Generator] = {}
+        self._releases = 0
+        self._lock = threading.Lock()
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        if key not in self._generators:
-            seed = self._seed if self._seed is not None else secrets.randbits(63)
-            self._generators[key] = torch.Generator(device=device).manual_seed(seed)
-        return self._generators[key]
+    @property
+    def source(self) -> str:
+        """Where this mechanism's noise comes from (stored with every record as part of ``library``)."""
+        return NOISE_SOURCE if self._seed is None else SEEDED_SOURCE
+
+    def _stream(self) -> NoiseStream:
+        if self._seed is None:
+            return NoiseStream.from_os()
+        with self._lock:
+            index, self._releases = self._releases, self._releases + 1
+        return NoiseStream.from_seed(self._seed, index)
 
     def release(self, features: torch.Tensor, policy: PrivacyPolicy) -> tuple[torch.Tensor, NoiseParameters]:
-        """Clip each row to C and add independent N(0, σ²) noise to every coordinate."""
+        """Clip each row to C and add independent N(0, σ²) noise to every coordinate (float64, cast to float32)."""
         if features.ndim != 2:
             raise ValueError("features must be a [N, D] batch")
         params = policy.parameters()
-        clipped = clip_rows(features.float(), policy.clip_norm)
-        if params.sigma == 0:
-            return clipped, params
-        noise = torch.randn(clipped.shape, generator=self._generator(clipped.device), device=clipped.device, dtype=clipped.dtype)
-        return clipped + params.sigma * noise, params
+        if self._seed is not None:
+            params = dataclasses_replace(params, library=params.library.replace(NOISE_SOURCE, SEEDED_SOURCE))
+        clipped = clip_rows(features.detach().to("cpu", torch.float64), policy.clip_norm).numpy()
+        released = clipped if params.sigma == 0 else clipped + params.sigma * self._stream().gaussian(clipped.shape)
+        return torch.from_numpy(released.astype(np.float32)).to(features.device), params

@@ -95,6 +95,25 @@ def test_async_client_enrolls_and_searches(server, tenant):
     assert found.hits[0].id == second.ids[0]  # type: ignore[attr-defined]
 
 
+def test_grouped_search_against_the_server_is_typed(server, tenant):
+    _, key = tenant
+    with ReidClient(server, api_key=key) as client:
+        metas = [
+            {"camera_id": "c1", "captured_at": "2026-11-26T08:00:00Z", "track_ref": "t1", "subject_ref": "s1"},
+            {"camera_id": "c2", "captured_at": "2026-11-26T08:05:00Z", "track_ref": "t1", "subject_ref": "s1"},
+            {"camera_id": "c1", "captured_at": "2026-11-26T08:01:00Z", "track_ref": "t2"},
+        ]
+        ids = client.enroll([jpeg_bytes(1), jpeg_bytes(2), jpeg_bytes(3)], metas).ids
+        tracks = client.search(jpeg_bytes(3), k=5, group_by="track_ref")
+        assert isinstance(tracks, models.GroupedSearchResult) and tracks.group_by == "track_ref"
+        assert [h.key for h in tracks.hits] == ["t2", "t1"] and tracks.hits[0].item_ids == [ids[2]]
+        t1 = tracks.hits[1]
+        assert t1.item_ids == ids[:2] and t1.cameras == ["c1", "c2"] and t1.count == 2 and t1.subject_ref is None
+        assert t1.first_seen == datetime(2026, 11, 26, 8, tzinfo=UTC) and t1.last_seen == datetime(2026, 11, 26, 8, 5, tzinfo=UTC)
+        subjects = client.search(jpeg_bytes(1), k=5, group_by="subject_ref", camera_ids=["c2"])
+        assert isinstance(subjects, models.GroupedSearchResult) and [(h.subject_ref, h.item_ids) for h in subjects.hits] == [("s1", [ids[1]])]
+
+
 def _scripted(answers: list[httpx.Response]) -> tuple[httpx.MockTransport, list[httpx.Request]]:
     seen: list[httpx.Request] = []
 
@@ -156,12 +175,11 @@ def test_search_group_by_is_sent_and_its_answer_typed():
         "hits": [
             {
                 "track_ref": "0001_c1",
-                "subject_ref": None,
                 "score": 0.9,
                 "item_ids": [1, 2],
-                "camera_ids": ["c1"],
-                "captured_from": "2026-11-26T08:00:00Z",
-                "captured_to": "2026-11-26T08:01:00Z",
+                "cameras": ["c1"],
+                "first_seen": "2026-11-26T08:00:00Z",
+                "last_seen": "2026-11-26T08:01:00Z",
                 "count": 2,
             }
         ],
@@ -170,6 +188,7 @@ def test_search_group_by_is_sent_and_its_answer_typed():
     client = ReidClient("http://reid.test", api_key="rk_x_y", http=httpx.Client(base_url="http://reid.test", transport=transport))
     result = client.search(jpeg_bytes(1), k=2, group_by="track_ref", camera_ids=["c1", "c2"])
     assert isinstance(result, models.GroupedSearchResult) and result.hits[0].item_ids == [1, 2]
+    assert result.hits[0].key == "0001_c1" and result.hits[0].cameras == ["c1"] and result.hits[0].last_seen.minute == 1
     sent = seen[0].content
     assert b'name="group_by"\r\n\r\ntrack_ref' in sent and b'name="camera_ids"\r\n\r\nc1,c2' in sent
 

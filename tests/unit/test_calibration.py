@@ -47,3 +47,29 @@ def test_file_beside_checkpoint(tmp_path):
     checkpoint.with_suffix(".calibration.json").write_text(json.dumps(calibration()))
     assert load_calibration(checkpoint)["delta"] == 1e-5
     assert expected_utility(None, None, delta=1e-5, clip_norm=1.0)["available"] is False
+
+
+def test_track_rows_are_served_apart_and_labelled():
+    data = calibration()
+    data["track_points"] = [
+        {"epsilon": 1.0, "grouping": "track", "sigma": 0.0, "rank1": {"mean": 0.1}, "mAP": {"mean": 0.1}, "mean_track_size": 3.8},
+        {"epsilon": 100.0, "grouping": "track", "sigma": 0.0, "rank1": {"mean": 0.5}, "mAP": {"mean": 0.6}, "mean_track_size": 3.8},
+        {"epsilon": "inf", "grouping": "track", "sigma": 0.0, "rank1": {"mean": 0.7}, "mAP": {"mean": 0.8}, "mean_track_size": 3.8},
+    ]
+    out = expected_utility(data, [100.0], delta=1e-5, clip_norm=1.0)
+    assert [p["grouping"] for p in out["points"]] == ["record"] and out["points"][0]["mAP"] == pytest.approx(0.21)
+    assert [p["grouping"] for p in out["track_points"]] == ["track"] and out["track_points"][0]["mAP"] == pytest.approx(0.6)
+    assert out["track_no_noise"] == {"rank1": 0.7, "mAP": 0.8} and out["no_noise"] == {"rank1": 0.3, "mAP": 0.31}
+    assert out["track_mean_size"] == 3.8 and set(out["groupings"]) == {"record", "track"}
+
+
+def test_shipped_calibration_files_still_load_as_per_record():
+    from pathlib import Path
+
+    from app.api.schemas import TradeoffOut
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "models" / "checkpoints").glob("*.calibration.json")):
+        out = expected_utility(json.loads(path.read_text()), None, delta=1e-5, clip_norm=1.0)
+        assert out["points"] and all(p["grouping"] == "record" for p in out["points"])
+        assert all(p["grouping"] == "track" for p in out["track_points"])
+        TradeoffOut.model_validate(out)

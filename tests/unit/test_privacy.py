@@ -136,4 +136,31 @@ def test_privacy_curve_rows_and_markdown_markers(tmp_path):
     doc.write_text("intro\n<!-- privacy-table:start -->\nold\n<!-- privacy-table:end -->\noutro\n")
     write_markdown(doc, markdown_table({"m": rows}))
     text = doc.read_text()
-    assert text.startswith("intro") and text.endswith("outro\n") and "old" not in text and "| m | inf |" in text
+    assert text.startswith("intro") and text.endswith("outro\n") and "old" not in text and "| m | inf | record |" in text
+
+
+def test_privacy_curve_track_rows_and_calibration_groupings():
+    from models.privacy.curve import calibration, curve_for
+
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((8, 16))
+    g_pids, q_pids = np.repeat(np.arange(8), 6), np.arange(8)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    feats = {
+        "gf": unit(centres[g_pids] + 0.3 * rng.standard_normal((48, 16))),
+        "qf": unit(centres[q_pids] + 0.3 * rng.standard_normal((8, 16))),
+        "g_pids": g_pids, "q_pids": q_pids, "g_cams": np.tile([0, 0, 0, 1, 1, 1], 8), "q_cams": np.zeros(8, int),
+    }  # fmt: skip
+    rows = curve_for(feats, [8.0, math.inf], 1e-5, draws=2, attack=False, tracks=True)
+    assert [(r["grouping"], r["epsilon"]) for r in rows] == [("record", 8.0), ("record", "inf"), ("track", 8.0), ("track", "inf")]
+    track = rows[2]
+    assert track["num_tracks"] == 16 and track["mean_track_size"] == 3.0 and track["sigma"] == rows[0]["sigma"]
+    assert "linkage_rank1" not in track and track["draws"] == 2
+    # averaging a track's noisy records helps at this epsilon (same draws)
+    assert track["mAP"]["mean"] > rows[0]["mAP"]["mean"]
+    payload = calibration("x", "toy", 1e-5, 2, rows)
+    assert [p["grouping"] for p in payload["points"]] == ["record", "record"]
+    assert [p["grouping"] for p in payload["track_points"]] == ["track", "track"] and set(payload["groupings"]) == {"record", "track"}

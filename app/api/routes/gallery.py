@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -31,13 +31,18 @@ from app.api.schemas import (
     ItemPage,
     NoiseOut,
     SearchOut,
+    SubjectHitOut,
+    SubjectSearchOut,
     Timestamp,
+    TrackHitOut,
+    TrackSearchOut,
     epsilon_out,
     optional,
 )
 from app.core.errors import Conflict, DomainError, InvalidImage, InvalidInput, NotFound, PayloadTooLarge, PrivacyBudgetExceeded
 from app.db.tables import GalleryItem
 from app.services.gallery import ItemInput, SearchFilters
+from app.services.groups import GroupHit
 from app.services.images import ImageLimits, decode_crop
 
 if TYPE_CHECKING:
@@ -82,6 +87,7 @@ async def _decode_all(request: Request, files: list[UploadFile]) -> list[torch.T
     state = get_state(request)
     limits = ImageLimits(max_bytes=state.settings.max_image_bytes, max_pixels=state.settings.max_image_pixels)
     size = state.embedding.input_size
+    decode_on = state.settings.image_decode
     payloads = [(await f.read(), f.filename or f"image[{i}]", f.content_type) for i, f in enumerate(files)]
 
     def decode() -> tuple[list[torch.Tensor], list[tuple[int, DomainError]]]:
@@ -89,7 +95,7 @@ async def _decode_all(request: Request, files: list[UploadFile]) -> list[torch.T
         errors: list[tuple[int, DomainError]] = []
         for i, (data, name, ctype) in enumerate(payloads):
             try:
-                crops.append(decode_crop(data, name=f"image[{i}] ({name})", content_type=ctype, limits=limits, size=size))
+                crops.append(decode_crop(data, name=f"image[{i}] ({name})", content_type=ctype, limits=limits, size=size, decode=decode_on))
             except DomainError as exc:
                 errors.append((i, exc))
         return crops, errors
@@ -155,10 +161,21 @@ async def enroll(
     )
 
 
+SEARCH_DESCRIPTION = """Encode the query crop (never stored) and match it against the tenant's gallery of released (noisy) features.
+
+Without `group_by` the hits are single records, best first. With `group_by=track_ref` (or `subject_ref`) the hits are
+tracks (subjects): the released features of each group's records that pass the filters are averaged and L2-normalised
+(post-processing: no privacy cost; the noise of a mean of n records is 1/sqrt(n) of one record's), and each hit gives
+the group's score, item ids, cameras and time span. Records without that reference are not part of grouped search.
+`min_score` applies to the hit's score in both modes."""
+GROUP_BY_SCHEMA = {"type": "string", "enum": ["track_ref", "subject_ref"]}
+
+
 @router.post(
     "/search",
-    response_model=SearchOut,
+    response_model=SearchOut | TrackSearchOut | SubjectSearchOut,
     summary="Search the tenant's gallery with a query crop",
+    description=SEARCH_DESCRIPTION,
     responses=errors(*TENANT_AUTH, *UPLOAD, *LIMITED, *ENCODER),
 )
 async def search(
@@ -175,7 +192,12 @@ async def search(
     captured_to: Annotated[Timestamp | None, Form(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
     min_score: Annotated[FiniteFloat | None, Form(ge=-1.0, le=1.0), optional({"type": "number", "minimum": -1.0, "maximum": 1.0})] = None,
     subject_ref: Annotated[Identifier | None, Form(), optional(IDENTIFIER_SCHEMA)] = None,
-) -> SearchOut:
+    group_by: Annotated[
+        Literal["track_ref", "subject_ref"] | None,
+        Form(description="hits are tracks (track_ref) or subjects (subject_ref), each the mean of its records; leave out for records"),
+        optional(GROUP_BY_SCHEMA),
+    ] = None,
+) -> SearchOut | TrackSearchOut | SubjectSearchOut:
     state = get_state(request)
     k = k if k is not None else 10
     state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, 1)
@@ -192,8 +214,20 @@ async def search(
         min_score=min_score,
         subject_ref=subject_ref,
     )
+    if group_by == "track_ref":
+        groups = await run_in_threadpool(state.gallery.search_groups, tenant.tenant_id, query[0], k, group_by, filters)
+        return TrackSearchOut(group_by=group_by, k=k, hits=[TrackHitOut(track_ref=g.key, count=len(g.item_ids), **_group_fields(g)) for g in groups])
+    if group_by == "subject_ref":
+        groups = await run_in_threadpool(state.gallery.search_groups, tenant.tenant_id, query[0], k, group_by, filters)
+        return SubjectSearchOut(
+            group_by=group_by, k=k, hits=[SubjectHitOut(subject_ref=g.key, count=len(g.item_ids), **_group_fields(g)) for g in groups]
+        )
     hits = await run_in_threadpool(state.gallery.search, tenant.tenant_id, query[0], k, filters)
     return SearchOut(k=k, hits=[HitOut(**ItemOut.of(h.item).model_dump(), score=h.score) for h in hits])
+
+
+def _group_fields(group: GroupHit) -> dict[str, Any]:
+    return {"score": group.score, "item_ids": group.item_ids, "cameras": group.cameras, "first_seen": group.first_seen, "last_seen": group.last_seen}
 
 
 @router.get("/gallery/{item_id:int}", response_model=ItemOut, responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED, NotFound))

@@ -1,0 +1,179 @@
+"""Grouped search (``group_by=track_ref|subject_ref``): hits are tracks or subjects, not single records.
+
+The released (noisy) features of one group's records are averaged and the mean is L2-normalised; a query's score
+against a group is the cosine to that centroid. Averaging released records is post-processing: it costs no privacy,
+and the noise in a mean of n records has 1/√n of a record's standard deviation (``models/evaluation/tracks.py`` is
+the offline counterpart). Filters (cameras, capture time, subject) select the records that go into each centroid;
+``min_score`` applies to the group's score. A group none of whose records pass the filters is not a hit.
+
+SQL stays the truth: every search reads the ids of the tenant's grouped records (the id column only), drops cached
+records that are gone (erasures, retention, other replicas' deletions) and loads the rows it has not seen (records
+never change once written, so a cached row is valid while its id exists). Only new rows' feature columns are read.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.tables import GalleryItem
+
+GroupBy = Literal["track_ref", "subject_ref"]
+GROUP_KEYS: tuple[GroupBy, ...] = ("track_ref", "subject_ref")
+_CHUNK = 5000  # keep IN lists within every backend's parameter limit
+
+
+@dataclass(frozen=True)
+class GroupFilters:
+    camera_ids: list[str] | None = None
+    captured_from: datetime | None = None
+    captured_to: datetime | None = None
+    min_score: float | None = None
+    subject_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupHit:
+    key: str
+    score: float
+    item_ids: list[int]
+    cameras: list[str]
+    first_seen: datetime
+    last_seen: datetime
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(value: datetime) -> int:
+    """Microseconds since the epoch (exact); SQLite hands back naive datetimes, which are UTC here."""
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return (aware - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+@dataclass
+class _Records:
+    """A tenant's grouped records (one grouping): parallel arrays, in no particular order."""
+
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    subjects: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    cameras: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # µs since the epoch
+    features: np.ndarray | None = None  # [N, D] float32, the released (noisy) features as stored
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sync(self, session: Session, tenant_id: int, group_by: GroupBy) -> None:
+        """Make the arrays hold exactly SQL's records of this tenant that have a ``group_by`` key."""
+        column = getattr(GalleryItem, group_by)
+        current = np.array(
+            session.scalars(select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id, column.is_not(None))).all(), dtype=np.int64
+        )
+        keep = np.isin(self.ids, current)
+        if not keep.all():
+            self.ids, self.keys, self.subjects = self.ids[keep], self.keys[keep], self.subjects[keep]
+            self.cameras, self.times = self.cameras[keep], self.times[keep]
+            self.features = None if self.features is None else self.features[keep]
+        missing = np.setdiff1d(current, self.ids, assume_unique=True)
+        if missing.size == 0:
+            return
+        columns = (GalleryItem.id, column, GalleryItem.subject_ref, GalleryItem.camera_id, GalleryItem.captured_at, GalleryItem.feature)
+        rows: list[Any] = []
+        for start in range(0, missing.size, _CHUNK):
+            chunk = [int(i) for i in missing[start : start + _CHUNK]]
+            rows.extend(session.execute(select(*columns).where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(chunk))).all())
+        rows = [r for r in rows if r[1] is not None]
+        if not rows:
+            return
+        features = np.stack([np.frombuffer(r[5], dtype="<f4") for r in rows]).astype(np.float32)
+        if self.features is not None and self.features.shape[1] != features.shape[1]:
+            raise ValueError("records of different embedding sizes in one gallery")
+        self.ids = np.concatenate([self.ids, np.array([r[0] for r in rows], dtype=np.int64)])
+        self.keys = np.concatenate([self.keys, np.array([r[1] for r in rows], dtype=object)])
+        self.subjects = np.concatenate([self.subjects, np.array([r[2] for r in rows], dtype=object)])
+        self.cameras = np.concatenate([self.cameras, np.array([r[3] for r in rows], dtype=object)])
+        self.times = np.concatenate([self.times, np.array([_micros(r[4]) for r in rows], dtype=np.int64)])
+        self.features = features if self.features is None else np.concatenate([self.features, features])
+
+
+@dataclass
+class GroupSearch:
+    """Per-tenant, per-grouping record caches and the grouped search over them (blocking; run in a worker thread)."""
+
+    _records: dict[tuple[int, str], _Records] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def _entry(self, tenant_id: int, group_by: GroupBy) -> _Records:
+        with self._guard:
+            return self._records.setdefault((tenant_id, group_by), _Records())
+
+    def forget(self, tenant_id: int) -> None:
+        with self._guard:
+            for key in [k for k in self._records if k[0] == tenant_id]:
+                del self._records[key]
+
+    def search(
+        self, sessions: sessionmaker[Session], tenant_id: int, group_by: GroupBy, query: np.ndarray, k: int, filters: GroupFilters
+    ) -> list[GroupHit]:
+        if group_by not in GROUP_KEYS:
+            raise ValueError(f"group_by must be one of {GROUP_KEYS}")
+        entry = self._entry(tenant_id, group_by)
+        with entry.lock:
+            with sessions() as session:
+                entry.sync(session, tenant_id, group_by)
+            ids, keys, subjects, cameras, times, features = entry.ids, entry.keys, entry.subjects, entry.cameras, entry.times, entry.features
+        if features is None or ids.size == 0:
+            return []
+        mask = np.ones(ids.size, dtype=bool)
+        if filters.camera_ids is not None:
+            mask &= np.isin(cameras, np.array(filters.camera_ids, dtype=object))
+        if filters.subject_ref is not None:
+            mask &= subjects == filters.subject_ref
+        if filters.captured_from is not None:
+            mask &= times >= _micros(filters.captured_from)
+        if filters.captured_to is not None:
+            mask &= times <= _micros(filters.captured_to)
+        if not mask.any():
+            return []
+        ids, keys, cameras, times, features = ids[mask], keys[mask], cameras[mask], times[mask], features[mask]
+        group_names, inverse = np.unique(keys.astype(str), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+        sums = np.add.reduceat(features[order].astype(np.float64), starts, axis=0)
+        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        q = np.asarray(query, dtype=np.float64).reshape(-1)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        scores = centroids @ q
+        candidates = np.arange(len(group_names))
+        if filters.min_score is not None:
+            candidates = candidates[scores >= filters.min_score]
+        if candidates.size > k:
+            candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+        # best first; ties by group key for a stable answer
+        ranked = sorted(candidates.tolist(), key=lambda g: (-scores[g], group_names[g]))
+        bounds = np.r_[starts, order.size]
+        hits = []
+        for g in ranked:
+            members = order[bounds[g] : bounds[g + 1]]
+            member_times = times[members]
+            hits.append(
+                GroupHit(
+                    key=str(group_names[g]),
+                    score=float(scores[g]),
+                    item_ids=sorted(int(i) for i in ids[members]),
+                    cameras=sorted({str(c) for c in cameras[members]}),
+                    first_seen=_from_micros(member_times.min()),
+                    last_seen=_from_micros(member_times.max()),
+                )
+            )
+        return hits

@@ -1,0 +1,135 @@
+"""Grouped search over HTTP: group_by=track_ref|subject_ref, filters, erasure, empty groups."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tests.api.helpers import ADMIN, enroll, make_tenant, meta, search
+
+KEY_HEADERS = "X-API-Key"
+
+
+def _at(minute: int) -> str:
+    return f"2026-11-26T08:{minute:02d}:00Z"
+
+
+def _setup(client, epsilon: float | str = "inf"):
+    _, key = make_tenant(client, f"groups-{epsilon}", epsilon=epsilon)
+    metas = [
+        {"camera_id": "c1", "captured_at": _at(1), "track_ref": "tA", "subject_ref": "alice"},
+        {"camera_id": "c2", "captured_at": _at(5), "track_ref": "tA", "subject_ref": "alice"},
+        {"camera_id": "c1", "captured_at": _at(2), "track_ref": "tB", "subject_ref": "bob"},
+        {"camera_id": "c3", "captured_at": _at(9), "track_ref": "tC", "subject_ref": "alice"},
+        {"camera_id": "c1", "captured_at": _at(3)},  # no track, no subject: not part of grouped search
+    ]
+    response = enroll(client, key, [1, 2, 3, 4, 5], metas)
+    assert response.status_code == 201, response.text
+    return key, response.json()["ids"]
+
+
+def test_group_by_track_averages_records_and_reports_the_group(client):
+    key, ids = _setup(client)
+    body = search(client, key, 1, k=10, group_by="track_ref").json()
+    assert body["group_by"] == "track_ref" and body["k"] == 10
+    hits = body["hits"]
+    assert [h["track_ref"] for h in hits][:1] == ["tA"] and {h["track_ref"] for h in hits} == {"tA", "tB", "tC"}
+    first = hits[0]
+    assert first["item_ids"] == sorted(ids[:2]) and first["count"] == 2
+    assert first["cameras"] == ["c1", "c2"] and first["first_seen"] == _at(1) and first["last_seen"] == _at(5)
+    assert "subject_ref" not in first and "id" not in first
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    # the score is the cosine to the normalised mean of the records: check against the per-record features
+    per_record = {h["id"]: h for h in search(client, key, 1, k=10).json()["hits"]}
+    assert math.isclose(per_record[ids[0]]["score"], 1.0, abs_tol=1e-4)
+    assert hits[0]["score"] < 1.0 - 1e-4  # the mean of two different crops is not the query's own feature
+    single = next(h for h in hits if h["track_ref"] == "tB")
+    assert math.isclose(single["score"], per_record[ids[2]]["score"], abs_tol=1e-5)  # one record: its own cosine
+
+
+def test_group_score_is_the_cosine_to_the_mean_of_noisy_records(client, tiny_embedder):
+    """At finite ε the stored noisy features are averaged (then normalised): recompute from the stored records."""
+    import torch
+
+    from tests.conftest import jpeg_bytes
+
+    key, _ = _setup(client, epsilon=8.0)
+    hits = search(client, key, 2, k=10, group_by="track_ref").json()["hits"]
+    state = client.app.state.reid
+    from app.db.tables import GalleryItem
+
+    with state.sessions() as session:
+        rows = {r.id: np.frombuffer(r.feature, dtype="<f4").astype(np.float64) for r in session.query(GalleryItem).all()}
+    from app.services.images import ImageLimits, decode_crop
+
+    limits = ImageLimits(max_bytes=10**7, max_pixels=10**8)
+    crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=limits, size=tiny_embedder.input_size)
+    query = tiny_embedder.embed(torch.stack([crop]))[0].astype(np.float64)
+    for hit in hits:
+        mean = np.sum([rows[i] for i in hit["item_ids"]], axis=0)
+        expected = float(mean @ query / np.linalg.norm(mean) / np.linalg.norm(query))
+        assert math.isclose(hit["score"], expected, abs_tol=1e-5)
+
+
+def test_group_by_subject_and_filters(client):
+    key, ids = _setup(client)
+    hits = search(client, key, 1, k=10, group_by="subject_ref").json()["hits"]
+    assert {h["subject_ref"] for h in hits} == {"alice", "bob"}
+    alice = next(h for h in hits if h["subject_ref"] == "alice")
+    assert alice["item_ids"] == sorted([ids[0], ids[1], ids[3]]) and alice["cameras"] == ["c1", "c2", "c3"] and alice["last_seen"] == _at(9)
+    # camera filter: only c1's records go into the centroids; groups with none left are not hits
+    by_cam = search(client, key, 1, k=10, group_by="track_ref", camera_ids="c1").json()["hits"]
+    assert {h["track_ref"]: h["item_ids"] for h in by_cam} == {"tA": [ids[0]], "tB": [ids[2]]}
+    assert math.isclose(by_cam[0]["score"], 1.0, abs_tol=1e-4)  # tA reduced to the query's own crop
+    # time filter
+    late = search(client, key, 1, k=10, group_by="track_ref", captured_from=_at(4)).json()["hits"]
+    assert {h["track_ref"]: h["item_ids"] for h in late} == {"tA": [ids[1]], "tC": [ids[3]]}
+    window = search(client, key, 1, k=10, group_by="subject_ref", captured_from="2026-11-26T10:00:00+02:00", captured_to=_at(2)).json()["hits"]
+    assert {h["subject_ref"]: h["item_ids"] for h in window} == {"alice": [ids[0]], "bob": [ids[2]]}
+    # subject filter with track grouping
+    only_bob = search(client, key, 1, k=10, group_by="track_ref", subject_ref="bob").json()["hits"]
+    assert [h["track_ref"] for h in only_bob] == ["tB"]
+    # min_score applies to the group's score; k bounds the hits
+    strict = search(client, key, 1, k=10, group_by="track_ref", min_score=0.9999).json()["hits"]
+    assert all(h["score"] >= 0.9999 for h in strict)
+    assert len(search(client, key, 1, k=1, group_by="track_ref").json()["hits"]) == 1
+
+
+def test_erasure_removes_a_record_from_its_group(client):
+    key, ids = _setup(client)
+    before = search(client, key, 1, k=10, group_by="track_ref").json()["hits"]
+    assert next(h for h in before if h["track_ref"] == "tA")["item_ids"] == sorted(ids[:2])
+    assert client.delete(f"/v1/gallery/{ids[1]}", headers={KEY_HEADERS: key}).status_code == 200
+    after = search(client, key, 1, k=10, group_by="track_ref").json()["hits"]
+    track_a = next(h for h in after if h["track_ref"] == "tA")
+    assert track_a["item_ids"] == [ids[0]] and track_a["cameras"] == ["c1"] and math.isclose(track_a["score"], 1.0, abs_tol=1e-4)
+    # erasing a subject empties its groups: they are no longer hits
+    assert client.post("/v1/gallery/erase", json={"subject_ref": "bob"}, headers={KEY_HEADERS: key}).json() == {"deleted": 1}
+    assert "tB" not in {h["track_ref"] for h in search(client, key, 1, k=10, group_by="track_ref").json()["hits"]}
+    assert {h["subject_ref"] for h in search(client, key, 1, k=10, group_by="subject_ref").json()["hits"]} == {"alice"}
+    # new records join their group on the next search
+    enroll(client, key, [7], [meta("c4", track_ref="tB")])
+    again = search(client, key, 1, k=10, group_by="track_ref").json()["hits"]
+    assert next(h for h in again if h["track_ref"] == "tB")["cameras"] == ["c4"]
+
+
+def test_empty_gallery_no_groups_and_bad_group_by(client):
+    tenant_id, key = make_tenant(client, "empty-groups")
+    assert search(client, key, 1, k=5, group_by="track_ref").json() == {"group_by": "track_ref", "k": 5, "hits": []}
+    enroll(client, key, [1, 2], [meta("c1"), meta("c2")])  # records without any reference
+    assert search(client, key, 1, k=5, group_by="subject_ref").json()["hits"] == []
+    assert len(search(client, key, 1, k=5).json()["hits"]) == 2  # per-record search still sees them
+    bad = search(client, key, 1, k=5, group_by="camera_id")
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
+    # a deleted tenant's groups do not come back with a new tenant
+    assert client.delete(f"/v1/admin/tenants/{tenant_id}", headers=ADMIN).status_code == 200
+
+
+def test_groups_are_per_tenant(client):
+    key_a, _ = _setup(client)
+    _, key_b = make_tenant(client, "other-tenant")
+    enroll(client, key_b, [1], [meta("c9", track_ref="tA")])
+    hits = search(client, key_b, 1, k=10, group_by="track_ref").json()["hits"]
+    assert len(hits) == 1 and hits[0]["cameras"] == ["c9"]
+    assert len(search(client, key_a, 1, k=10, group_by="track_ref").json()["hits"]) == 3
