@@ -39,10 +39,16 @@ def test_three_replica_processes(db_backend, server_env, tmp_path):  # noqa: F81
         r0.put(f"/v1/admin/tenants/{tenant}/privacy", json={"epsilon": 16.0, "subject_epsilon": 40.0}, headers=ADMIN).raise_for_status()
         key = {"X-API-Key": r0.post(f"/v1/admin/tenants/{tenant}/keys", json={}, headers=ADMIN).json()["api_key"]}
 
-        def enroll(client: httpx.Client, seeds: list[int], subject: str | None = None) -> httpx.Response:
+        def enroll(client: httpx.Client, seeds: list[int], subject: str | None = None, retries: int = 0) -> httpx.Response:
+            """Enroll; on 503/429 wait Retry-After and try again, ``retries`` times (as reid_client does)."""
             files = [("images", (f"{s}.jpg", jpeg_bytes(s), "image/jpeg")) for s in seeds]
             meta = [{"camera_id": "c", "captured_at": "2026-11-27T08:00:00Z", **({"subject_ref": subject} if subject else {})} for _ in seeds]
-            return client.post("/v1/gallery", files=files, data={"metadata": json.dumps(meta)}, headers=key)
+            for _ in range(retries + 1):
+                response = client.post("/v1/gallery", files=files, data={"metadata": json.dumps(meta)}, headers=key)
+                if response.status_code not in (429, 503):
+                    break
+                time.sleep(response.json()["error"]["details"]["retry_after_ms"] / 1000)
+            return response
 
         def top(client: httpx.Client, seed: int) -> int | None:
             hits = client.post("/v1/search", files={"image": ("q.jpg", jpeg_bytes(seed), "image/jpeg")}, data={"k": "1"}, headers=key).json()["hits"]
@@ -54,20 +60,25 @@ def test_three_replica_processes(db_backend, server_env, tmp_path):  # noqa: F81
                 assert time.monotonic() < deadline, "not within the deadline"
                 time.sleep(0.05)
 
+        def index_size(client: httpx.Client) -> int:  # what the replica's searches see (no encoder pass: a cheap probe)
+            return int(client.get(f"/v1/admin/tenants/{tenant}", headers=ADMIN).json()["index_size"])
+
         [item] = enroll(r0, [7]).json()["ids"]
-        acked = time.monotonic()
-        within(3.0, lambda: top(r1, 7) == item)  # the search itself takes time on a busy CPU; the index lag is below
+        within(1.5, lambda: index_size(r1) == 1)  # 1 s, plus the probe's own time on a busy CPU
         assert top(r1, 7) == item
-        assert time.monotonic() - acked < 3.0
         assert r2.delete(f"/v1/gallery/{item}", headers=key).status_code == 200
-        within(3.0, lambda: top(r0, 7) != item and top(r1, 7) != item)
+        within(1.5, lambda: index_size(r0) == index_size(r1) == 0)
+        assert top(r0, 7) is None and top(r1, 7) is None
 
         policy = TenantPolicy(epsilon=16.0, delta=1e-5, subject_epsilon=40.0)
         allowed = math.floor(policy.subject_mu_budget() ** 2 / release_mu_squared(policy.record_policy.parameters()) + 1e-9)
         with ThreadPoolExecutor(60) as pool:
-            codes = list(pool.map(lambda i: enroll((r0, r1, r2)[i % 3], [100 + i], "one-person").status_code, range(60)))
+            codes = list(pool.map(lambda i: enroll((r0, r1, r2)[i % 3], [100 + i], "one-person", retries=20).status_code, range(60)))
         assert codes.count(201) == allowed and set(codes) == {201, 409}
 
+        # No noise from here on, so that each crop's own record is its top hit (the tiny test encoder is random).
+        r0.put(f"/v1/admin/tenants/{tenant}/privacy", json={"epsilon": "inf"}, headers=ADMIN).raise_for_status()
+        time.sleep(0.2)
         acknowledged: dict[int, int] = {}
         stop = threading.Event()
 
