@@ -123,7 +123,13 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
     engine = make_engine(url, pool_size=settings.pool_size)
     sessions = make_session_factory(engine)
     if embedder is None:
-        embedder = load_embedder(settings.checkpoint, device=settings.device, allow_untrained=settings.allow_untrained)
+        embedder = load_embedder(
+            settings.checkpoint,
+            device=settings.device,
+            allow_untrained=settings.allow_untrained,
+            backend=settings.encoder_backend,
+            artifact=settings.encoder_artifact,
+        )
     checkpoint = settings.checkpoint or (DEFAULT_CHECKPOINT if not embedder.untrained else None)
     index_dir, index_dir_lock = claim_directory(settings.index_dir)
     indexes = IndexRegistry(
@@ -150,6 +156,7 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
             wait_ms=settings.microbatch_wait_ms,
             forward_chunk=settings.forward_chunk,
             max_queue_crops=settings.encoder_queue_crops,
+            max_queue_seconds=settings.encoder_queue_seconds,
         ),
         indexes=indexes,
         gallery=gallery,

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     checkpoint: Path | None = Field(None, description="encoder checkpoint; default: the shipped stage-one model")
     allow_untrained: bool = Field(True, description="fall back to a labelled untrained encoder when no checkpoint exists")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the encoder runs")
+    encoder_backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="encoder runtime; auto: the fastest installed one whose features match PyTorch's at load (cosine >= 0.9999)"
+    )
+    encoder_artifact: Path | None = Field(None, description="prebuilt reid-export file (.onnx or OpenVINO .xml) of the checkpoint")
+    image_decode: Literal["cpu", "cuda"] = Field("cpu", description="cuda: decode JPEG crops on the GPU (nvJPEG) when CUDA is available")
     max_batch: int = Field(256, ge=1, le=4096, description="most crops per enrollment request")
     max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="largest accepted file per crop")
     max_image_pixels: int = Field(4096 * 4096, ge=64, description="largest accepted width x height per crop")
@@ -41,6 +46,9 @@ class Settings(BaseSettings):
     )
     encoder_queue_crops: int = Field(
         512, ge=1, description="most crops waiting for the encoder; a request beyond it is refused with 503 overloaded and Retry-After"
+    )
+    encoder_queue_seconds: float = Field(
+        10.0, gt=0, description="most seconds of encoder work (at the measured rate) waiting; beyond it: 503 overloaded with Retry-After"
     )
     rate_requests_per_second: int = Field(100, ge=0, description="requests per second per API key (0: unlimited); operators override it per tenant")
     rate_crops_per_second: int = Field(

@@ -104,6 +104,7 @@ def test_shape_mismatch_is_rejected():
         evaluate_rankings(np.zeros((2, 3)), np.zeros(3), np.zeros(3), np.zeros(2), np.zeros(3))
 
 
+@pytest.mark.slow  # a timing check: meaningless on a loaded CI machine, so CI skips it
 def test_full_size_is_fast():
     rng = np.random.default_rng(0)
     q, g = rng.standard_normal((1400, 64)).astype(np.float32), rng.standard_normal((5317, 64)).astype(np.float32)

@@ -27,3 +27,22 @@ def test_noise_is_drawn_on_the_gpu():
     x = torch.nn.functional.normalize(torch.randn(8, 32, device="cuda"), dim=1)
     noisy, params = GaussianMechanism().release(x, PrivacyPolicy(epsilon=8.0))
     assert noisy.device.type == "cuda" and params.sigma > 0
+
+
+def test_nvjpeg_decode_agrees_with_pil():
+    import io
+
+    from PIL import Image
+
+    from app.services.images import ImageLimits, decode_crop, decode_jpeg_torch
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, size=(24, 10, 3), dtype=np.uint8)).resize((100, 240), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92)
+    limits = ImageLimits(max_bytes=1 << 22, max_pixels=1 << 24)
+    pil = decode_crop(buf.getvalue(), name="a", content_type="image/jpeg", limits=limits, size=(128, 64)).float()
+    gpu = decode_jpeg_torch(buf.getvalue(), (128, 64), device="cuda")
+    via_setting = decode_crop(buf.getvalue(), name="a", content_type="image/jpeg", limits=limits, size=(128, 64), decode="cuda")
+    assert torch.equal(gpu, via_setting)
+    assert (gpu.float() - pil).abs().mean() < 4.0

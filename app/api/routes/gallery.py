@@ -87,6 +87,7 @@ async def _decode_all(request: Request, files: list[UploadFile]) -> list[torch.T
     state = get_state(request)
     limits = ImageLimits(max_bytes=state.settings.max_image_bytes, max_pixels=state.settings.max_image_pixels)
     size = state.embedding.input_size
+    decode_on = state.settings.image_decode
     payloads = [(await f.read(), f.filename or f"image[{i}]", f.content_type) for i, f in enumerate(files)]
 
     def decode() -> tuple[list[torch.Tensor], list[tuple[int, DomainError]]]:
@@ -94,7 +95,7 @@ async def _decode_all(request: Request, files: list[UploadFile]) -> list[torch.T
         errors: list[tuple[int, DomainError]] = []
         for i, (data, name, ctype) in enumerate(payloads):
             try:
-                crops.append(decode_crop(data, name=f"image[{i}] ({name})", content_type=ctype, limits=limits, size=size))
+                crops.append(decode_crop(data, name=f"image[{i}] ({name})", content_type=ctype, limits=limits, size=size, decode=decode_on))
             except DomainError as exc:
                 errors.append((i, exc))
         return crops, errors
