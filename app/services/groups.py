@@ -83,7 +83,7 @@ class _Records:
         if not keep.all():
             self.ids, self.keys, self.subjects = self.ids[keep], self.keys[keep], self.subjects[keep]
             self.cameras, self.times = self.cameras[keep], self.times[keep]
-            self.features = None if self.features is None else self.features[keep]
+            self.features = None if self.features is None or not keep.any() else self.features[keep]
         missing = np.setdiff1d(current, self.ids, assume_unique=True)
         if missing.size == 0:
             return

@@ -2,6 +2,8 @@
 
 - Operator calls that name the integrator tenant are pointed at the victim tenant instead, so destructive operations
   (delete tenant, revoke key, change policy) land on a tenant of their own and the integrator key keeps working.
+  Reads (GET/HEAD) are left alone: they change nothing, and the victim may already have been deleted by an earlier
+  call, which the stateful phase would otherwise report as "created resource not found" (ST302).
 - Uploads whose body was generated schema-valid are sent with real JPEG crops (and, for enrollment, metadata with one
   entry per crop): JSON Schema can say "binary" and "string" but not "a decodable JPEG" or "a JSON array with one
   object per image", so random bytes would be (rightly) refused with 422 invalid_image. The other form fields are sent
@@ -37,7 +39,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     path = case.operation.path
     params = case.path_parameters or {}
     integrator, victim = os.environ.get("REID_FUZZ_INTEGRATOR_TENANT"), os.environ.get("REID_FUZZ_VICTIM_TENANT")
-    if path.startswith("/v1/admin/tenants/{tenant_id}") and integrator and victim and str(params.get("tenant_id")) == integrator:
+    redirect = case.method.upper() not in ("GET", "HEAD") and path.startswith("/v1/admin/tenants/{tenant_id}")
+    if redirect and integrator and victim and str(params.get("tenant_id")) == integrator:
         case.path_parameters = {**params, "tenant_id": int(victim)}
     if case.method.upper() != "POST" or path not in ("/v1/gallery", "/v1/search") or not isinstance(case.body, dict) or not _body_is_valid(case):
         return
