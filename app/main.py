@@ -156,6 +156,7 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
             wait_ms=settings.microbatch_wait_ms,
             forward_chunk=settings.forward_chunk,
             max_queue_crops=settings.encoder_queue_crops,
+            max_queue_seconds=settings.encoder_queue_seconds,
         ),
         indexes=indexes,
         gallery=gallery,

@@ -10,6 +10,10 @@ top-k answer (k = 100, the API's maximum), else 0; per-record AP is computed fro
 answer the same way (mAP@k: a lower bound of the full mAP, which needs every match's rank).
 
     python benchmarks/track_search.py --epsilons 32 inf --json runs/track_search.json
+    python benchmarks/track_search.py --epsilons 32 inf --max-ids 20        # a quick sanity run on 20 identities
+
+Each grouped hit is read as the API answers it (``track_ref``, ``score``, ``item_ids``, ``cameras``, ``first_seen``,
+``last_seen``, ``count``); the run also checks that every hit's ``item_ids`` are records of that track.
 """
 
 from __future__ import annotations
@@ -113,6 +117,35 @@ def search_all(url: str, key: str, queries: list[Path], group_by: str | None, wo
         return list(pool.map(one, queries))
 
 
+def enrolled_ids(client: httpx.Client, url: str, key: str) -> list[dict[str, Any]]:
+    """Every record of the tenant (id, track_ref), through the list endpoint."""
+    items, after = [], 0
+    while True:
+        page = request(client, "GET", f"{url}/v1/gallery", headers={"X-API-Key": key}, params={"limit": 1000, "after_id": after}).json()
+        items += [{"id": i["id"], "track_ref": i["track_ref"]} for i in page["items"]]
+        if page["next_after_id"] is None:
+            return items
+        after = page["next_after_id"]
+
+
+def ids_by_track(items: list[dict[str, Any]]) -> dict[str, set[int]]:
+    tracks: dict[str, set[int]] = {}
+    for item in items:
+        tracks.setdefault(item["track_ref"], set()).add(item["id"])
+    return tracks
+
+
+def check_groups(answers: list[dict[str, Any]], tracks: dict[str, set[int]]) -> None:
+    """Each grouped hit holds exactly its track's records (no filters here), best first."""
+    for answer in answers:
+        assert answer["group_by"] == "track_ref", answer
+        scores = [h["score"] for h in answer["hits"]]
+        assert scores == sorted(scores, reverse=True), scores
+        for hit in answer["hits"]:
+            assert set(hit["item_ids"]) == tracks[hit["track_ref"]] and hit["count"] == len(hit["item_ids"]), hit
+            assert hit["first_seen"] <= hit["last_seen"] and hit["cameras"], hit
+
+
 def score(queries: list[Path], answers: list[dict[str, Any]], *, tracks: bool) -> dict[str, float]:
     """Rank-1 and mAP@k from the answers, Market-1501 protocol (own camera of the same identity ignored)."""
     ranks1, aps = [], []
@@ -149,12 +182,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--max-queries", type=int, default=0, help="search only the first N queries (quick runs)")
+    parser.add_argument("--max-ids", type=int, default=0, help="only the first N identities' gallery and query crops (quick runs)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     gallery = sorted((args.data / "bounding_box_test").glob("*.jpg"))
     gallery = [p for p in gallery if parse(p)[0] >= 0]
     queries = sorted((args.data / "query").glob("*.jpg"))
+    if args.max_ids:
+        ids = sorted({parse(p)[0] for p in gallery})[: args.max_ids]
+        gallery = [p for p in gallery if parse(p)[0] in ids]
+        queries = [q for q in queries if parse(q)[0] in ids]
     if args.max_queries:
         queries = queries[: args.max_queries]
     # per-record mAP needs each query's number of matches (the other camera's crops of its identity)
@@ -182,6 +220,7 @@ def main() -> None:
                     pid, cam = parse(q)
                     a["_relevant"] = counts.get((pid, 3 - cam), 0)
                 grouped = search_all(url, key, keep, "track_ref", args.workers)
+                check_groups(grouped, ids_by_track(enrolled_ids(client, url, key)))
                 run = {
                     "epsilon": "inf" if np.isinf(epsilon) else epsilon,
                     "enrol_crops_per_s": round(rate, 1),

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     encoder_queue_crops: int = Field(
         512, ge=1, description="most crops waiting for the encoder; a request beyond it is refused with 503 overloaded and Retry-After"
     )
+    encoder_queue_seconds: float = Field(
+        10.0, gt=0, description="most seconds of encoder work (at the measured rate) waiting; beyond it: 503 overloaded with Retry-After"
+    )
     rate_requests_per_second: int = Field(100, ge=0, description="requests per second per API key (0: unlimited); operators override it per tenant")
     rate_crops_per_second: int = Field(
         1000, ge=0, description="crops (enrolled or searched) per second per API key, over a 10 s window (0: unlimited); per-tenant override"

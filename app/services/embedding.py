@@ -44,9 +44,9 @@ class EmbeddingService:
     ``mode="microbatch"``: requests arriving within ``wait_ms`` of each other are merged
     into one encoder call (up to ``batch_size`` crops), then split back per request.
     Each call runs the network ``forward_chunk`` crops at a time (None: the embedder's default).
-    The queue is bounded: with ``max_queue_crops`` crops already waiting or running, a request that would add more is
-    refused at once (``Overloaded``: 503 with Retry-After, the time the queue needs to drain at the measured rate)
-    instead of waiting behind them; a request arriving at an idle encoder is always taken, whatever its size.
+    The queue is bounded: a request that would take the crops waiting or running past ``max_queue_crops``, or past
+    ``max_queue_seconds`` of work at the measured rate, is refused at once (``Overloaded``: 503 with Retry-After, the
+    time the queue needs to drain) instead of waiting behind them; an idle encoder takes any request, whatever its size.
     """
 
     def __init__(
@@ -58,6 +58,7 @@ class EmbeddingService:
         wait_ms: float = 2.0,
         forward_chunk: int | None = None,
         max_queue_crops: int | None = None,
+        max_queue_seconds: float | None = None,
     ) -> None:
         if mode not in {"thread", "microbatch"}:
             raise ValueError("mode must be 'thread' or 'microbatch'")
@@ -70,8 +71,9 @@ class EmbeddingService:
         self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[np.ndarray]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self.max_queue_crops = max_queue_crops
+        self.max_queue_seconds = max_queue_seconds
         self.pending_crops = 0  # waiting or being encoded (changed on the event loop only)
-        self._crops_per_s = 50.0  # running estimate of the encoder's throughput
+        self._crops_per_s: float | None = None  # the encoder's measured throughput (None until its first call ends)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -79,13 +81,22 @@ class EmbeddingService:
 
     def retry_after_s(self) -> float:
         """How long the crops in the queue take at the measured rate."""
-        return min(30.0, max(0.05, self.pending_crops / max(self._crops_per_s, 1e-3)))
+        return min(30.0, max(0.05, self.pending_crops / max(self._crops_per_s or 50.0, 1e-3)))
+
+    def _full(self, count: int) -> bool:
+        """Would ``count`` more crops pass the queue's bound in crops, or in seconds of work at the measured rate?"""
+        if self.max_queue_crops is not None and self.pending_crops + count > self.max_queue_crops:
+            return True
+        if self.max_queue_seconds is None or self._crops_per_s is None:
+            return False
+        return (self.pending_crops + count) / max(self._crops_per_s, 1e-3) > self.max_queue_seconds
 
     async def embed(self, crops: list[torch.Tensor]) -> np.ndarray:
         count = len(crops)
-        if self.max_queue_crops is not None and self.pending_crops and self.pending_crops + count > self.max_queue_crops:
+        if self.pending_crops and self._full(count):
             raise Overloaded(
-                f"the encoder queue is full ({self.pending_crops} crops waiting, limit {self.max_queue_crops}); retry after the delay given",
+                f"the encoder queue is full ({self.pending_crops} crops waiting, about {self.retry_after_s():.1f} s of work); "
+                "retry after the delay given",
                 retry_after_s=self.retry_after_s(),
             )
         self.pending_crops += count
@@ -110,7 +121,7 @@ class EmbeddingService:
         started = time.perf_counter()
         features = await loop.run_in_executor(self._executor, self.embedder.embed, batch, self.forward_chunk)
         rate = batch.shape[0] / max(time.perf_counter() - started, 1e-6)
-        self._crops_per_s = 0.8 * self._crops_per_s + 0.2 * rate
+        self._crops_per_s = rate if self._crops_per_s is None else 0.5 * self._crops_per_s + 0.5 * rate
         return features
 
     async def _merge_loop(self) -> None:

@@ -265,6 +265,18 @@ class GalleryService:
             pairs.append((int(item_id), float(score)))
         return self._hydrate(tenant_id, pairs)
 
+    def search_groups(self, tenant_id: int, query: np.ndarray, k: int, group_by: GroupBy, filters: SearchFilters) -> list[GroupHit]:
+        """Top-k tracks or subjects: each group's released records averaged, then L2-normalised (app/services/groups.py)."""
+        self.check_encoder(tenant_id)
+        group_filters = GroupFilters(
+            camera_ids=filters.camera_ids,
+            captured_from=filters.captured_from,
+            captured_to=filters.captured_to,
+            min_score=filters.min_score,
+            subject_ref=filters.subject_ref,
+        )
+        return self.groups.search(self.sessions, tenant_id, group_by, query, k, group_filters)
+
     def _matching_ids(self, tenant_id: int, f: SearchFilters) -> np.ndarray:
         query = select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id)
         if f.camera_ids is not None:
@@ -277,17 +289,6 @@ class GalleryService:
             query = query.where(GalleryItem.captured_at <= f.captured_to)
         with self.sessions() as session:
             return np.fromiter(session.scalars(query), dtype=np.int64)
-
-    def search_groups(self, tenant_id: int, query: np.ndarray, k: int, group_by: GroupBy, filters: SearchFilters) -> list[GroupHit]:
-        """Top-k tracks or subjects: each group's released records averaged, then L2-normalised (app/services/groups.py)."""
-        group_filters = GroupFilters(
-            camera_ids=filters.camera_ids,
-            captured_from=filters.captured_from,
-            captured_to=filters.captured_to,
-            min_score=filters.min_score,
-            subject_ref=filters.subject_ref,
-        )
-        return self.groups.search(self.sessions, tenant_id, group_by, query, k, group_filters)
 
     def _hydrate(self, tenant_id: int, pairs: list[tuple[int, float]]) -> list[Hit]:
         if not pairs:
@@ -428,6 +429,7 @@ class GalleryService:
 
     def forget_tenant(self, tenant_id: int) -> None:
         self.indexes.drop(tenant_id)
+        self.groups.forget(tenant_id)
         self.mismatched.pop(tenant_id, None)
 
     def catch_up(self, tenant_id: int) -> str:

@@ -4,7 +4,8 @@ Clean query features are matched against a gallery released through the Gaussian
 mechanism at each ε (δ fixed). Per ε and encoder, averaged over several noise draws:
 rank-1, rank-5, mAP, the paper's ID-accuracy attacker trained on the protected gallery,
 and a linkage attack (rank-1 of protected gallery records matched against each other
-across cameras). Writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
+across cameras); rows of grouping ``track`` match against each track's averaged records
+(``--no-tracks`` skips them). Writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from models.checkpoint import load_encoder
 from models.cli.eval import split_features
-from models.privacy.curve import DEFAULT_EPSILONS, GROUPINGS, calibration_payload, curve_for, markdown_table, write_markdown
+from models.privacy.curve import DEFAULT_EPSILONS, GROUPINGS, calibration, curve_for, markdown_table, write_markdown
 
 
 def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> None:
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot:
         plot(results, args.plot)
     if args.calibration:
-        payload = calibration_payload(results["stage-one"], sha256=shas["stage-one"], data=args.data.name, delta=args.delta, draws=args.draws)
+        payload = calibration(shas["stage-one"], args.data.name, args.delta, args.draws, results["stage-one"])
         args.calibration.write_text(json.dumps(payload, indent=2))
     print(markdown_table(results))
 

@@ -8,7 +8,7 @@ across cameras). Every row says its ``grouping``: ``record`` rows match queries 
 released records; ``track`` rows (same noise draws) match them against the normalised mean of
 each track's released records, a track being one identity's gallery crops in one camera — what
 the service's ``group_by=track_ref`` search does (``models/evaluation/tracks.py``).
-The CLI (``models/cli/privacy_curve.py``) writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
+The CLI writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
 """
 
 from __future__ import annotations
@@ -93,26 +93,6 @@ def curve_for(
     return rows + track_rows
 
 
-def calibration_payload(rows: list[dict[str, Any]], *, sha256: str | None, data: str, delta: float, draws: int) -> dict[str, Any]:
-    """The service's calibration file: ``points`` (grouping record, as before) and ``track_points`` (grouping track)."""
-
-    def keep(r: dict[str, Any]) -> dict[str, Any]:
-        return {k: r[k] for k in ("epsilon", "grouping", "sigma", "rank1", "mAP", "num_tracks", "mean_track_size") if k in r}
-
-    payload: dict[str, Any] = {
-        "checkpoint_sha256": sha256,
-        "data": data,
-        "delta": delta,
-        "draws": draws,
-        "groupings": GROUPINGS,
-        "points": [keep(r) for r in rows if r.get("grouping", "record") == "record"],
-    }
-    track_points = [keep(r) for r in rows if r.get("grouping") == "track"]
-    if track_points:
-        payload["track_points"] = track_points
-    return payload
-
-
 def _fmt(cell: dict[str, float] | None) -> str:
     if cell is None:
         return "–"
@@ -146,3 +126,25 @@ def write_markdown(path: Path, table: str) -> None:
         path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
     else:
         path.write_text(table + "\n")
+
+
+def calibration(checkpoint_sha256: str | None, data_name: str, delta: float, draws: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The service's calibration file for one encoder (``app/services/calibration.py`` reads it): its measured rank-1 /
+    mAP per ε, ``points`` for per-record search (grouping ``record``, as before) and ``track_points`` for track search
+    (grouping ``track``, when the rows have them)."""
+
+    def keep(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: r[k] for k in ("epsilon", "grouping", "sigma", "rank1", "mAP", "num_tracks", "mean_track_size") if k in r}
+
+    payload: dict[str, Any] = {
+        "checkpoint_sha256": checkpoint_sha256,
+        "data": data_name,
+        "delta": delta,
+        "draws": draws,
+        "groupings": GROUPINGS,
+        "points": [keep(r) for r in rows if r.get("grouping", "record") == "record"],
+    }
+    track_points = [keep(r) for r in rows if r.get("grouping") == "track"]
+    if track_points:
+        payload["track_points"] = track_points
+    return payload

@@ -140,7 +140,7 @@ def test_privacy_curve_rows_and_markdown_markers(tmp_path):
 
 
 def test_privacy_curve_track_rows_and_calibration_groupings():
-    from models.privacy.curve import calibration_payload, curve_for
+    from models.privacy.curve import calibration, curve_for
 
     rng = np.random.default_rng(1)
     centres = rng.standard_normal((8, 16))
@@ -161,6 +161,6 @@ def test_privacy_curve_track_rows_and_calibration_groupings():
     assert "linkage_rank1" not in track and track["draws"] == 2
     # averaging a track's noisy records helps at this epsilon (same draws)
     assert track["mAP"]["mean"] > rows[0]["mAP"]["mean"]
-    payload = calibration_payload(rows, sha256="x", data="toy", delta=1e-5, draws=2)
+    payload = calibration("x", "toy", 1e-5, 2, rows)
     assert [p["grouping"] for p in payload["points"]] == ["record", "record"]
     assert [p["grouping"] for p in payload["track_points"]] == ["track", "track"] and set(payload["groupings"]) == {"record", "track"}
