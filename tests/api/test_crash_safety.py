@@ -58,7 +58,7 @@ def server_env(tmp_path: Path, db_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REID_")}
     env.update(
         REID_DATA_DIR=str(tmp_path / "data"), REID_DATABASE_URL=db_url, REID_ADMIN_KEY=ADMIN_KEY, REID_CHECKPOINT=str(checkpoint),
-        REID_DEVICE="cpu", REID_INDEX_SAVE_SECONDS="0.5", REID_LOG_LEVEL="WARNING",
+        REID_DEVICE="cpu", REID_INDEX_SAVE_SECONDS="0.5", REID_LOG_LEVEL="WARNING", REID_ENCODER_BACKEND="torch",  # start fast: no export at start
     )  # fmt: skip
     return env
 
