@@ -84,10 +84,13 @@ class EmbeddingService:
         return min(30.0, max(0.05, self.pending_crops / max(self._crops_per_s or 50.0, 1e-3)))
 
     def _full(self, count: int) -> bool:
-        """Would ``count`` more crops pass the queue's bound in crops, or in seconds of work at the measured rate?"""
+        """Would ``count`` more crops pass the queue's bound in crops, or in seconds of work at the measured rate?
+
+        The seconds bound applies once at least one full encoder batch is waiting: a slow machine with a request or
+        two in the queue is busy, not overloaded (and a lone client must never be refused)."""
         if self.max_queue_crops is not None and self.pending_crops + count > self.max_queue_crops:
             return True
-        if self.max_queue_seconds is None or self._crops_per_s is None:
+        if self.max_queue_seconds is None or self._crops_per_s is None or self.pending_crops < self.batch_size:
             return False
         return (self.pending_crops + count) / max(self._crops_per_s, 1e-3) > self.max_queue_seconds
 
