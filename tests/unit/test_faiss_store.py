@@ -89,18 +89,35 @@ def test_claim_directory_gives_each_process_its_own_folder(tmp_path):
 
 
 def test_writer_waits_for_readers_and_new_readers_wait_for_a_waiting_writer():
-    lock, events = ReadWriteLock(), []
+    lock, events, release = ReadWriteLock(), [], threading.Event()
+
+    def write() -> None:
+        with lock.write():
+            events.append("w")
+            release.wait(10)  # hold the write lock until the test has looked
+
+    def read() -> None:
+        with lock.read():
+            events.append("r")
+
     with lock.read():
-        writer = threading.Thread(target=lambda: (lock.write().__enter__(), events.append("w")))
+        writer = threading.Thread(target=write)
         writer.start()
         time.sleep(0.05)
         assert events == []  # the writer waits for the reader
-        reader = threading.Thread(target=lambda: (lock.read().__enter__(), events.append("r")))
+        reader = threading.Thread(target=read)
         reader.start()
         time.sleep(0.05)
         assert events == []  # a new reader queues behind the waiting writer
-    writer.join(1)
-    assert events == ["w"]
+    deadline = time.monotonic() + 10
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert events == ["w"]  # the writer went first; the queued reader still waits while it writes
+    release.set()
+    writer.join(10)
+    reader.join(10)
+    assert events == ["w", "r"]
 
 
 def test_searches_beside_writes_do_not_crash(tmp_path):
