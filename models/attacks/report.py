@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from models.attacks.inversion import InversionDecoder, reconstruct
+from models.markdown import replace_between_markers
 from models.privacy.gaussian import gaussian_sigma
 
 START, END = "<!-- attack-table:start -->", "<!-- attack-table:end -->"
@@ -50,14 +51,7 @@ def markdown_table(out: dict[str, Any]) -> str:
 
 def write_markdown(path: Path, out: dict[str, Any]) -> None:
     """Replace the table between the attack-table markers in ``path`` (or write the table alone)."""
-    table = markdown_table(out)
-    text = path.read_text() if path.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
-    else:
-        path.write_text(table + "\n")
+    replace_between_markers(path, START, END, markdown_table(out))
 
 
 def save_picture(

@@ -24,6 +24,7 @@ import torch
 from models.evaluation import cosine_distance, evaluate_rankings
 from models.evaluation.attack import id_accuracy
 from models.evaluation.tracks import evaluate_tracks
+from models.markdown import replace_between_markers
 from models.privacy.mechanism import GaussianMechanism, PrivacyPolicy
 
 log = logging.getLogger("reid.privacy_curve")
@@ -118,14 +119,8 @@ START, END = "<!-- privacy-table:start -->", "<!-- privacy-table:end -->"
 
 
 def write_markdown(path: Path, table: str) -> None:
-    """Replace the table between the markers in ``path`` (or write the table alone)."""
-    text = path.read_text() if path.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
-    else:
-        path.write_text(table + "\n")
+    """Replace the table between the privacy-table markers in ``path`` (or write the table alone)."""
+    replace_between_markers(path, START, END, table)
 
 
 def calibration(checkpoint_sha256: str | None, data_name: str, delta: float, draws: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
