@@ -113,21 +113,26 @@ def test_mu_gdp_composition_round_trips():
     assert epsilon < epsilon_for_mu(four, delta) < 4 * epsilon
 
 
-def test_privacy_curve_rows_and_markdown_markers(tmp_path):
-    from models.privacy.curve import curve_for, markdown_table, write_markdown
-
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((10, 16))
-    g_pids, q_pids = np.repeat(np.arange(10), 4), np.arange(10)
+def toy_split(*, seed: int, ids: int, per_id: int, spread: float, g_cams: list[int]) -> dict:
+    """A small split: one clean query per identity, ``per_id`` gallery features around each identity's centre."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((ids, 16))
+    g_pids, q_pids = np.repeat(np.arange(ids), per_id), np.arange(ids)
 
     def unit(x):
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
-    feats = {
-        "gf": unit(centres[g_pids] + 0.1 * rng.standard_normal((40, 16))),
-        "qf": unit(centres[q_pids] + 0.1 * rng.standard_normal((10, 16))),
-        "g_pids": g_pids, "q_pids": q_pids, "g_cams": np.tile([0, 1], 20), "q_cams": np.zeros(10, int),
+    return {
+        "gf": unit(centres[g_pids] + spread * rng.standard_normal((ids * per_id, 16))),
+        "qf": unit(centres[q_pids] + spread * rng.standard_normal((ids, 16))),
+        "g_pids": g_pids, "q_pids": q_pids, "g_cams": np.tile(g_cams, ids * per_id // len(g_cams)), "q_cams": np.zeros(ids, int),
     }  # fmt: skip
+
+
+def test_privacy_curve_rows_and_markdown_markers(tmp_path):
+    from models.privacy.curve import curve_for, markdown_table, write_markdown
+
+    feats = toy_split(seed=0, ids=10, per_id=4, spread=0.1, g_cams=[0, 1])
     rows = curve_for(feats, [1.0, 1e4, math.inf], 1e-5, draws=3, attack=False)
     assert [r["draws"] for r in rows] == [3, 3, 1]
     assert rows[0]["sigma"] > rows[1]["sigma"] > rows[2]["sigma"] == 0
@@ -142,18 +147,7 @@ def test_privacy_curve_rows_and_markdown_markers(tmp_path):
 def test_privacy_curve_track_rows_and_calibration_groupings():
     from models.privacy.curve import calibration, curve_for
 
-    rng = np.random.default_rng(1)
-    centres = rng.standard_normal((8, 16))
-    g_pids, q_pids = np.repeat(np.arange(8), 6), np.arange(8)
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    feats = {
-        "gf": unit(centres[g_pids] + 0.3 * rng.standard_normal((48, 16))),
-        "qf": unit(centres[q_pids] + 0.3 * rng.standard_normal((8, 16))),
-        "g_pids": g_pids, "q_pids": q_pids, "g_cams": np.tile([0, 0, 0, 1, 1, 1], 8), "q_cams": np.zeros(8, int),
-    }  # fmt: skip
+    feats = toy_split(seed=1, ids=8, per_id=6, spread=0.3, g_cams=[0, 0, 0, 1, 1, 1])
     rows = curve_for(feats, [8.0, math.inf], 1e-5, draws=2, attack=False, tracks=True)
     assert [(r["grouping"], r["epsilon"]) for r in rows] == [("record", 8.0), ("record", "inf"), ("track", 8.0), ("track", "inf")]
     track = rows[2]
