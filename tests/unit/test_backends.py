@@ -134,6 +134,7 @@ def test_int8_artifact_that_loses_parity_is_refused(tmp_path: Path) -> None:
     embedder = shipped()
     if embedder.metadata.get("backbone") != "osnet_x0_25":
         pytest.skip("the default is not the OSNet model this was measured on")
+    crops(embedder.input_size)  # skips without the shared split, whose training crops calibrate the quantiser
     calibration = calibration_crops(SHARED_DATA, embedder.input_size, count=32)
     graph = export(embedder, "onnx", tmp_path / "int8.onnx", int8=True, calibration=calibration, float_convs=6)
     with pytest.raises(RuntimeError, match="differ from PyTorch"):
