@@ -71,7 +71,8 @@ class Embedder:
 
     @property
     def embedding_dim(self) -> int:
-        return self.model.embedding_dim
+        """Coordinates of an emitted feature (the projection head's output where there is one)."""
+        return self.model.feature_dim
 
     @property
     def backend(self) -> str:
@@ -145,6 +146,7 @@ def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
         last_stride=int(meta.get("last_stride", 1)),
         flip_average=bool(meta.get("flip_average", False)),
         feature_domain=str(meta.get("feature_domain", "signed")),
+        projection_dim=int(meta["projection"]["dim"]) if meta.get("projection") else None,
     )
     model.load_state_dict(payload["state_dict"], strict=True)
     dev = resolve_device(device)

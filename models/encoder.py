@@ -28,6 +28,12 @@ class ReIDEncoder(nn.Module):
     normalising (the BNNeck bias then trains): every feature lies in the non-negative
     orthant, where two unit vectors are at most √2 apart instead of 2, which is what the
     privacy mechanism's sensitivity can then use (``models.privacy.mechanism``).
+
+    ``projection_dim`` adds a fixed linear head after normalising (``models.projection``: a
+    discriminant projection fitted on the public training split) and normalises again: the
+    emitted feature then has ``feature_dim = projection_dim`` coordinates. The head puts the
+    feature's unit norm, which is what the privacy mechanism's noise is measured against, into
+    the directions that separate identities.
     """
 
     def __init__(
@@ -40,6 +46,7 @@ class ReIDEncoder(nn.Module):
         last_stride: int = 1,
         flip_average: bool = False,
         feature_domain: str = "signed",
+        projection_dim: int | None = None,
     ) -> None:
         super().__init__()
         if feature_domain not in FEATURE_DOMAINS:
@@ -58,6 +65,12 @@ class ReIDEncoder(nn.Module):
         self.bnneck.bias.requires_grad_(feature_domain == "nonnegative")
         nn.init.constant_(self.bnneck.weight, 1.0)
         nn.init.constant_(self.bnneck.bias, 0.0)
+        self.projection = nn.Linear(embedding_dim, projection_dim, bias=False) if projection_dim else None
+        self.feature_dim = projection_dim or embedding_dim
+
+    def emitted(self, feature: torch.Tensor) -> torch.Tensor:
+        """Apply the projection head (if any) to normalised features and normalise again."""
+        return feature if self.projection is None else F.normalize(self.projection(feature), dim=1)
 
     def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pre-BN embedding, post-BN embedding)."""
@@ -77,7 +90,7 @@ class ReIDEncoder(nn.Module):
         _, post_bn = self.forward_train(images)
         if self.training:
             return post_bn
-        feature = self.deploy(post_bn)
+        feature = self.emitted(self.deploy(post_bn))
         if self.flip_average:
-            feature = F.normalize(feature + self.deploy(self.forward_train(images.flip(3))[1]), dim=1)
+            feature = F.normalize(feature + self.emitted(self.deploy(self.forward_train(images.flip(3))[1])), dim=1)
         return feature

@@ -91,7 +91,7 @@ def enroll(images: Sequence[ImageInput], metadata: Sequence[Mapping[str, Any]]) 
 
 
 def search(
-    image: ImageInput,
+    image: ImageInput | list[ImageInput],
     *,
     k: int = 10,
     group_by: GroupBy | None = None,
@@ -119,7 +119,8 @@ def search(
         body = response.json()
         return models.GroupedSearchResult.model_validate(body) if body.get("group_by") else models.SearchResult.model_validate(body)
 
-    return Call("POST", "/v1/search", parse, data=data, files=[("image", image_part(image, 0))])
+    images = image if isinstance(image, list) else [image]  # a list: one query track (the crops' mean feature)
+    return Call("POST", "/v1/search", parse, data=data, files=[("image", image_part(img, i)) for i, img in enumerate(images)])
 
 
 def list_items(

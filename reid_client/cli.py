@@ -41,8 +41,8 @@ def add_enroll_parser(sub: Any) -> None:
 
 
 def add_search_parser(sub: Any) -> None:
-    p = sub.add_parser("search", help="search the gallery with a query crop; hits as a table or JSON")
-    p.add_argument("image", type=Path, metavar="IMAGE")
+    p = sub.add_parser("search", help="search the gallery with a query crop (several: one person's query track); hits as a table or JSON")
+    p.add_argument("image", type=Path, metavar="IMAGE", nargs="+", help="query crop(s); several crops of one person are averaged into one query")
     add_connection_arguments(p)
     p.add_argument("-k", type=int, default=10, help="hits (default 10)")
     p.add_argument("--group-by", choices=["track_ref", "subject_ref"], help="rank tracks or subjects instead of single crops")
@@ -133,7 +133,8 @@ def search_command(args: argparse.Namespace) -> int:
     }
     try:
         with ReidClient(args.url, api_key=key, timeout=args.timeout, retry=RetryPolicy(max_retries=args.max_retries)) as client:
-            result = client.search(args.image, k=args.k, group_by=args.group_by, **filters)
+            images: list[Any] = list(args.image)
+            result = client.search(images if len(images) > 1 else images[0], k=args.k, group_by=args.group_by, **filters)
     except (ReidError, OSError) as exc:
         print(f"reid-gallery: {exc}", file=sys.stderr)
         return 1

@@ -155,7 +155,7 @@ class ReidClient(_Base):
 
     def search(
         self,
-        image: ImageInput,
+        image: ImageInput | list[ImageInput],
         *,
         k: int = 10,
         group_by: GroupBy | None = None,
@@ -165,7 +165,7 @@ class ReidClient(_Base):
         min_score: float | None = None,
         subject_ref: str | None = None,
     ) -> models.SearchResult | models.GroupedSearchResult:
-        """Top-k crops (or, with ``group_by``, tracks/subjects) most like ``image``; filters narrow the gallery."""
+        """Top-k crops (or, with ``group_by``, tracks/subjects) most like ``image`` (a list: one person's query track); filters narrow the gallery."""
         return self.run(
             calls.search(
                 image,
@@ -325,7 +325,7 @@ class AsyncReidClient(_Base):
 
     async def search(
         self,
-        image: ImageInput,
+        image: ImageInput | list[ImageInput],
         *,
         k: int = 10,
         group_by: GroupBy | None = None,
@@ -335,7 +335,7 @@ class AsyncReidClient(_Base):
         min_score: float | None = None,
         subject_ref: str | None = None,
     ) -> models.SearchResult | models.GroupedSearchResult:
-        """Top-k crops (or, with ``group_by``, tracks/subjects) most like ``image``; filters narrow the gallery."""
+        """Top-k crops (or, with ``group_by``, tracks/subjects) most like ``image`` (a list: one person's query track); filters narrow the gallery."""
         return await self.run(
             calls.search(
                 image,

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     encoder_artifact: Path | None = Field(None, description="prebuilt reid-export file (.onnx or OpenVINO .xml) of the checkpoint")
     image_decode: Literal["cpu", "cuda"] = Field("cpu", description="cuda: decode JPEG crops on the GPU (nvJPEG) when CUDA is available")
     max_batch: int = Field(256, ge=1, le=4096, description="most crops per enrollment request")
+    max_query_crops: int = Field(16, ge=1, le=256, description="most crops in one search request (a query track)")
     max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="largest accepted file per crop")
     max_image_pixels: int = Field(4096 * 4096, ge=64, description="largest accepted width x height per crop")
     max_request_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="largest accepted request body")

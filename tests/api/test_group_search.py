@@ -133,3 +133,26 @@ def test_groups_are_per_tenant(client):
     hits = search(client, key_b, 1, k=10, group_by="track_ref").json()["hits"]
     assert len(hits) == 1 and hits[0]["cameras"] == ["c9"]
     assert len(search(client, key_a, 1, k=10, group_by="track_ref").json()["hits"]) == 3
+
+
+def test_a_query_track_searches_with_the_normalised_mean_of_its_crops(client):
+    """Two `image` parts are one query: the scores are those of the mean feature, not of either crop."""
+    from tests.api.helpers import jpeg_bytes
+
+    key, ids = _setup(client)
+    headers = {KEY_HEADERS: key}
+    files = [("image", ("q1.jpg", jpeg_bytes(1), "image/jpeg")), ("image", ("q3.jpg", jpeg_bytes(3), "image/jpeg"))]
+    both = client.post("/v1/search", files=files, data={"k": "5"}, headers=headers)
+    assert both.status_code == 200, both.text
+    single = {seed: {h["id"]: h["score"] for h in search(client, key, seed, k=5).json()["hits"]} for seed in (1, 3)}
+    # ε = inf: the gallery holds the crops' features, so a gallery item's score against the mean query is
+    # (s1 + s3) / |f1 + f3| with |f1 + f3| = sqrt(2 + 2 s13), s13 the two query crops' own cosine.
+    s13 = single[1][ids[2]]  # query crop 1 against the stored feature of crop 3
+    assert len(both.json()["hits"]) == 5
+    norm = math.sqrt(2 + 2 * s13)
+    for hit in both.json()["hits"]:
+        expected = (single[1][hit["id"]] + single[3][hit["id"]]) / norm
+        assert math.isclose(hit["score"], expected, abs_tol=1e-4)
+    too_many = [("image", (f"q{i}.jpg", jpeg_bytes(i), "image/jpeg")) for i in range(17)]
+    refused = client.post("/v1/search", files=too_many, data={"k": "5"}, headers=headers)
+    assert refused.status_code == 413 and "query-track limit of 16" in refused.json()["error"]["message"]

@@ -191,6 +191,15 @@ def test_search_group_by_is_sent_and_its_answer_typed():
     assert result.hits[0].key == "0001_c1" and result.hits[0].cameras == ["c1"] and result.hits[0].last_seen.minute == 1
     sent = seen[0].content
     assert b'name="group_by"\r\n\r\ntrack_ref' in sent and b'name="camera_ids"\r\n\r\nc1,c2' in sent
+    assert sent.count(b'name="image"') == 1
+
+
+def test_a_list_of_images_is_sent_as_one_query_track():
+    transport, seen = _scripted([httpx.Response(200, json={"k": 3, "hits": []})])
+    client = ReidClient("http://reid.test", api_key="rk_x_y", http=httpx.Client(base_url="http://reid.test", transport=transport))
+    client.search([jpeg_bytes(1), jpeg_bytes(2), ("third.jpg", jpeg_bytes(3))], k=3)
+    sent = seen[0].content
+    assert sent.count(b'name="image"') == 3 and b'filename="third.jpg"' in sent
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
@@ -163,6 +164,9 @@ async def enroll(
 
 SEARCH_DESCRIPTION = """Encode the query crop (never stored) and match it against the tenant's gallery of released (noisy) features.
 
+Several `image` parts (up to `REID_MAX_QUERY_CROPS`, default 16) are one query track: crops of the same person, whose
+features are averaged and L2-normalised into one query (steadier than any single crop).
+
 Without `group_by` the hits are single records, best first. With `group_by=track_ref` (or `subject_ref`) the hits are
 tracks (subjects): the released features of each group's records that pass the filters are averaged and L2-normalised
 (post-processing: no privacy cost; the noise of a mean of n records is 1/sqrt(n) of one record's), and each hit gives
@@ -181,7 +185,7 @@ GROUP_BY_SCHEMA = {"type": "string", "enum": ["track_ref", "subject_ref"]}
 async def search(
     request: Request,
     tenant: TenantDep,
-    image: Annotated[UploadFile, File(description="query crop (never stored)")],
+    image: Annotated[list[UploadFile], File(description="query crop (never stored); repeat the part for a query track of one person")],
     k: Annotated[int | None, Form(ge=1, le=100, description="hits to return (default 10)"), optional(K_SCHEMA), DIGITS] = None,
     camera_ids: Annotated[
         str | None,
@@ -200,13 +204,15 @@ async def search(
 ) -> SearchOut | TrackSearchOut | SubjectSearchOut:
     state = get_state(request)
     k = k if k is not None else 10
-    state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, 1)
+    if len(image) > state.settings.max_query_crops:
+        raise PayloadTooLarge(f"{len(image)} query images exceeds the query-track limit of {state.settings.max_query_crops}")
+    state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, len(image))
     state.gallery.check_encoder(tenant.tenant_id)  # before the encoder pass
-    crops = await _decode_all(request, [image])
+    crops = await _decode_all(request, image)
     started = time.perf_counter()
-    query = await state.embedding.embed(crops)
+    query = query_track(await state.embedding.embed(crops))
     state.metrics.embed_seconds.labels("search").observe(time.perf_counter() - started)
-    state.metrics.images_embedded.labels("search").inc(1)
+    state.metrics.images_embedded.labels("search").inc(len(crops))
     filters = SearchFilters(
         camera_ids=[c.strip() for c in camera_ids.split(",") if c.strip()] if camera_ids else None,
         captured_from=captured_from,
@@ -224,6 +230,14 @@ async def search(
         )
     hits = await run_in_threadpool(state.gallery.search, tenant.tenant_id, query[0], k, filters)
     return SearchOut(k=k, hits=[HitOut(**ItemOut.of(h.item).model_dump(), score=h.score) for h in hits])
+
+
+def query_track(features: np.ndarray) -> np.ndarray:
+    """``[1, D]``: the L2-normalised mean of a query track's features (a single crop's feature as it is)."""
+    if len(features) == 1:
+        return features
+    mean = features.astype(np.float64).mean(axis=0, keepdims=True)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
 
 def _group_fields(group: GroupHit) -> dict[str, Any]:
