@@ -12,6 +12,10 @@ answer the same way (mAP@k: a lower bound of the full mAP, which needs every mat
     python benchmarks/track_search.py --epsilons 32 inf --json runs/track_search.json
     python benchmarks/track_search.py --epsilons 32 inf --max-ids 20        # a quick sanity run on 20 identities
 
+``--query-tracks`` adds a third pass: each query is sent as a query track, its crop plus the same person's other
+crops from the same camera (the integrator holds a track, not one crop; those crops are in the gallery too, as the
+query's own-camera track, which the protocol ignores), one request with several ``image`` parts.
+
 Each grouped hit is read as the API answers it (``track_ref``, ``score``, ``item_ids``, ``cameras``, ``first_seen``,
 ``last_seen``, ``count``); the run also checks that every hit's ``item_ids`` are records of that track.
 """
@@ -37,6 +41,7 @@ import numpy as np
 
 NAME = re.compile(r"([-\d]+)_c(\d)")
 K = 100
+MAX_QUERY_CROPS = 16  # the service's default REID_MAX_QUERY_CROPS
 
 
 def parse(path: Path) -> tuple[int, int]:
@@ -106,11 +111,16 @@ def enrol(url: str, key: str, paths: list[Path], batch: int, workers: int) -> fl
     return len(paths) / (time.time() - started)
 
 
-def search_all(url: str, key: str, queries: list[Path], group_by: str | None, workers: int) -> list[dict[str, Any]]:
+def search_all(
+    url: str, key: str, queries: list[Path], group_by: str | None, workers: int, companions: dict[Path, list[Path]] | None = None
+) -> list[dict[str, Any]]:
+    """One search per query; with ``companions``, each query's crop and its companions are one query track."""
+
     def one(path: Path) -> dict[str, Any]:
         data = {"k": str(K)} | ({"group_by": group_by} if group_by else {})
         with httpx.Client(timeout=120) as client:
-            files = {"image": (path.name, path.read_bytes(), "image/jpeg")}
+            crops = [path, *(companions or {}).get(path, [])]
+            files = [("image", (p.name, p.read_bytes(), "image/jpeg")) for p in crops]
             return dict(request(client, "POST", f"{url}/v1/search", headers={"X-API-Key": key}, files=files, data=data).json())
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -183,6 +193,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--max-queries", type=int, default=0, help="search only the first N queries (quick runs)")
     parser.add_argument("--max-ids", type=int, default=0, help="only the first N identities' gallery and query crops (quick runs)")
+    parser.add_argument("--query-tracks", action="store_true", help="also search with query tracks (see above)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -227,6 +238,12 @@ def main() -> None:
                     "records": score(keep, per_record, tracks=False),
                     "tracks": score(keep, grouped, tracks=True),
                 }
+                if args.query_tracks:
+                    companions = {q: [p for p in gallery if parse(p) == parse(q)][: MAX_QUERY_CROPS - 1] for q in keep}
+                    by_track = search_all(url, key, keep, "track_ref", args.workers, companions)
+                    run["query_tracks"] = score(keep, by_track, tracks=True) | {
+                        "mean_query_crops": float(np.mean([1 + len(c) for c in companions.values()]))
+                    }
                 results["runs"].append(run)
                 print(json.dumps(run), flush=True)
     finally:

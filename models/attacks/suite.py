@@ -19,6 +19,7 @@ De-ID target) and chance. Every random choice is seeded; noise draws at test tim
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
@@ -211,12 +212,24 @@ def attack_encoder(
     *,
     perceptual: PerceptualLoss | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    row_cache: RowCache | None = None,
 ) -> tuple[list[dict[str, Any]], dict[float, InversionDecoder]]:
-    """One row per ε for one encoder; also the decoders kept for pictures."""
+    """One row per ε for one encoder; also the decoders kept for pictures.
+
+    With a ``row_cache``, a row computed before with the same encoder file, ε and settings is
+    taken from it (except where its inversion decoder is wanted for a picture)."""
     rows: list[dict[str, Any]] = []
     kept: dict[float, InversionDecoder] = {}
     query_np = features.query.numpy()
     for epsilon in config.epsilons:
+        cached = row_cache.get(features, epsilon, config) if row_cache is not None and epsilon not in config.keep_decoders_for else None
+        if cached is not None:
+            cached["encoder"] = features.name
+            rows.append(cached)
+            log.info("%s ε=%s: row from the cache (%s)", features.name, cached["epsilon"], _brief(cached))
+            if on_row is not None:
+                on_row(cached)
+            continue
         sigma = gaussian_sigma(epsilon, config.delta, 2 * CLIP_NORM)
         row: dict[str, Any] = {"encoder": features.name, "epsilon": "inf" if math.isinf(epsilon) else epsilon, "delta": config.delta, "sigma": sigma}
         seconds: dict[str, float] = {}
@@ -251,6 +264,8 @@ def attack_encoder(
         row |= _collect(samples)
         row["seconds"] = seconds
         rows.append(row)
+        if row_cache is not None:
+            row_cache.put(features, epsilon, config, row)
         log.info("%s ε=%s σ=%.4f %s", features.name, row["epsilon"], sigma, _brief(row))
         if on_row is not None:
             on_row(row)
@@ -273,6 +288,36 @@ def config_dict(config: SuiteConfig) -> dict[str, Any]:
     out["epsilons"] = ["inf" if math.isinf(e) else e for e in config.epsilons]
     out["keep_decoders_for"] = ["inf" if math.isinf(e) else e for e in config.keep_decoders_for]
     return out
+
+
+@dataclass
+class RowCache:
+    """Finished attack rows on disk, keyed by the encoder file's SHA-256, ε, the suite settings
+    (draws, δ, attacks, inversion recipe), the split subset and the judges' identities, so that one
+    ``reid-attack`` command can rebuild a whole table without repeating rows it has measured before."""
+
+    folder: Path
+    context: str  # what else the rows depend on: judges' files, --max-ids
+
+    def _path(self, features: EncoderFeatures, epsilon: float, config: SuiteConfig) -> Path:
+        settings = config_dict(config) | {"epsilons": None, "keep_decoders_for": None}
+        key = fingerprint(features.sha256, "inf" if math.isinf(epsilon) else float(epsilon), sorted(settings.items()), self.context)
+        return self.folder / f"{(features.sha256 or 'unknown')[:12]}-{key}.json"
+
+    def get(self, features: EncoderFeatures, epsilon: float, config: SuiteConfig) -> dict[str, Any] | None:
+        if features.sha256 is None:
+            return None
+        path = self._path(features, epsilon, config)
+        return dict(json.loads(path.read_text())) if path.is_file() else None
+
+    def put(self, features: EncoderFeatures, epsilon: float, config: SuiteConfig, row: dict[str, Any]) -> None:
+        if features.sha256 is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(features, epsilon, config)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row))
+        tmp.replace(path)
 
 
 def fingerprint(*parts: object) -> str:

@@ -23,7 +23,19 @@ import torch
 
 from models.attacks.inversion import InversionConfig
 from models.attacks.judges import EncoderJudge, Judge, OnnxJudge, train_in_domain_judge
-from models.attacks.suite import ATTACKS, JudgeCache, SplitImages, SuiteConfig, attack_encoder, config_dict, encoder_features, reference_rows
+from models.attacks.suite import (
+    ATTACKS,
+    JudgeCache,
+    RowCache,
+    SplitImages,
+    SuiteConfig,
+    attack_encoder,
+    config_dict,
+    encoder_features,
+    fingerprint,
+    reference_rows,
+)
+from models.checkpoint import file_sha256
 
 log = logging.getLogger("reid.attack")
 CURVE_GRID = [0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, math.inf]
@@ -49,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", type=Path, help="ONNX judge (default: DATA/../../peers/osnet_x0_25_msmt17.onnx)")
     p.add_argument("--judge-checkpoint", type=Path, help="in-domain judge checkpoint (default: train one, cached)")
     p.add_argument("--no-in-domain-judge", action="store_true")
-    p.add_argument("--cache-dir", type=Path, default=Path("runs/attack-cache"), help="features and the trained judge are cached here")
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/attack-cache"), help="features, the trained judge and finished rows are cached here")
+    p.add_argument("--no-row-cache", action="store_true", help="recompute every row even where the cache has it")
     p.add_argument("--inversion-epochs", type=int, default=InversionConfig.epochs)
     p.add_argument("--inversion-width", type=int, default=InversionConfig.base_channels)
     p.add_argument("--perceptual-weight", type=float, default=InversionConfig.perceptual_weight)
@@ -62,17 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def judges_for(args: argparse.Namespace) -> list[Judge]:
+def judges_for(args: argparse.Namespace) -> tuple[list[Judge], list[str]]:
+    """The judges, and the SHA-256 of each one's file (rows cached under other judges are not reused)."""
     judges: list[Judge] = []
+    files: list[str] = []
     peer = args.peer or args.data.resolve().parents[1] / "peers" / "osnet_x0_25_msmt17.onnx"
     if peer.is_file():
         judges.append(OnnxJudge(peer, name="peer OSNet (MSMT17)"))
+        files.append(file_sha256(peer))
     else:
         log.warning("no ONNX peer judge at %s", peer)
     if not args.no_in_domain_judge:
         path = args.judge_checkpoint or train_in_domain_judge(args.data, args.cache_dir, peer_weights=peer if peer.is_file() else None)
         judges.append(EncoderJudge(path, name="in-domain judge"))
-    return judges
+        files.append(file_sha256(path))
+    return judges, files
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
-    judges = judges_for(args) if "inversion" in args.attacks else []
+    judges, judge_files = judges_for(args) if "inversion" in args.attacks else ([], [])
+    context = fingerprint([j.name for j in judges], judge_files, args.max_ids, str(args.data))
+    row_cache = None if args.no_row_cache else RowCache(args.cache_dir / "rows", context)
     images = SplitImages.load(args.data, max_ids=args.max_ids)
     cache = JudgeCache(judges)
     inversion = InversionConfig(epochs=args.inversion_epochs, base_channels=args.inversion_width, perceptual_weight=args.perceptual_weight)
@@ -121,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             out["rows"].append(row)
             write()
 
-        _, kept = attack_encoder(features, images, cache, config, perceptual=perceptual, on_row=add)
+        _, kept = attack_encoder(features, images, cache, config, perceptual=perceptual, on_row=add, row_cache=row_cache)
         if kept:
             pictures = {"name": name, "features": features, "decoders": kept}
     write()

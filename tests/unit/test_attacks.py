@@ -82,6 +82,27 @@ def toy_split(people: int = 8) -> SplitImages:
     )
 
 
+def test_rows_come_back_from_the_row_cache_only_for_the_same_encoder_and_settings(tmp_path) -> None:
+    from models.attacks.suite import RowCache
+
+    images = toy_split()
+    people = len(images.q_pids)
+    code = torch.nn.functional.one_hot(torch.arange(people), 16).float()
+    train, gallery = code[torch.arange(people).repeat(3)], code[torch.tensor(images.g_pids)]
+    features = EncoderFeatures(name="toy", sha256="ab" * 32, train=train, query=code, gallery=gallery)
+    config = SuiteConfig(epsilons=[8.0], draws=2, attacks=("search",))
+    cache = RowCache(tmp_path / "rows", context="judges-x")
+    first, _ = attack_encoder(features, images, JudgeCache([]), config, row_cache=cache)
+    assert len(list((tmp_path / "rows").glob("*.json"))) == 1
+    renamed = EncoderFeatures(name="again", sha256=features.sha256, train=features.train, query=features.query, gallery=features.gallery * 0)
+    again, _ = attack_encoder(renamed, images, JudgeCache([]), config, row_cache=cache)  # zeroed gallery: a recomputation would differ
+    assert again[0]["search"] == first[0]["search"] and again[0]["encoder"] == "again"
+    more_draws = SuiteConfig(epsilons=[8.0], draws=3, attacks=("search",))
+    assert cache.get(features, 8.0, more_draws) is None and cache.get(features, 16.0, config) is None
+    assert RowCache(tmp_path / "rows", context="other judges").get(features, 8.0, config) is None
+    assert cache.get(EncoderFeatures(name="toy", sha256="cd" * 32, train=code, query=code, gallery=code), 8.0, config) is None
+
+
 def test_suite_rows_and_table_on_a_toy_split() -> None:
     images = toy_split()
     people = len(images.q_pids)
