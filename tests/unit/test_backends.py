@@ -77,6 +77,17 @@ def test_tiny_mobilenet_matches_pytorch_with_and_without_flip_averaging(backend:
         assert min_cosine(served.embed(images), served.embed(images.flip(3))) > 0.9999
 
 
+@pytest.mark.skipif("openvino" not in RUNTIMES, reason="OpenVINO not installed")
+def test_openvino_splits_a_batch_over_its_streams_without_changing_any_row(tmp_path: Path) -> None:
+    embedder = tiny(tmp_path)
+    runner = build_runner(embedder, "openvino", artifact=None, workdir=tmp_path)
+    x = torch.randn(7, 3, 64, 32).numpy()
+    whole = runner.run(x)
+    assert whole.shape == (7, 32) and runner.run(x[:0]).shape == (0, 32)
+    one_by_one = np.concatenate([runner.run(x[i : i + 1]) for i in range(7)])
+    assert np.allclose(whole, one_by_one, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", RUNTIMES)
 def test_random_osnet_exports_and_matches_pytorch(backend: str, tmp_path: Path) -> None:
     embedder = tiny(tmp_path, backbone="osnet_x0_25", size=(128, 64), dim=512)
