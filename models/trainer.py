@@ -315,6 +315,9 @@ def load_encoder_state(encoder: ReIDEncoder, path: Path) -> dict[str, Any]:
     """Copy an encoder-only checkpoint's weights into ``encoder`` (strict); returns its provenance."""
     payload = read_checkpoint(path)
     meta = payload["metadata"]
+    if meta.get("projection"):
+        parent = (meta.get("initialised_from") or {}).get("file", "the checkpoint it was fitted on")
+        raise ValueError(f"{path} has a fixed projection head (reid-project); train from its parent ({parent}) and fit a new head after")
     if meta["backbone"] != encoder.backbone_name or int(meta["embedding_dim"]) != encoder.embedding_dim:
         found = f"{meta['backbone']} {meta['embedding_dim']}-d"
         raise ValueError(f"{path} holds a {found} encoder; this run builds {encoder.backbone_name} {encoder.embedding_dim}-d")

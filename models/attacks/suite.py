@@ -290,6 +290,9 @@ def config_dict(config: SuiteConfig) -> dict[str, Any]:
     return out
 
 
+ROW_CACHE_VERSION = 1  # raise when anything that computes a row changes (metrics, seeds, mechanism, inversion)
+
+
 @dataclass
 class RowCache:
     """Finished attack rows on disk, keyed by the encoder file's SHA-256, ε, the suite settings
@@ -301,7 +304,8 @@ class RowCache:
 
     def _path(self, features: EncoderFeatures, epsilon: float, config: SuiteConfig) -> Path:
         settings = config_dict(config) | {"epsilons": None, "keep_decoders_for": None}
-        key = fingerprint(features.sha256, "inf" if math.isinf(epsilon) else float(epsilon), sorted(settings.items()), self.context)
+        eps = "inf" if math.isinf(epsilon) else float(epsilon)
+        key = fingerprint(ROW_CACHE_VERSION, features.sha256, eps, sorted(settings.items()), self.context)
         return self.folder / f"{(features.sha256 or 'unknown')[:12]}-{key}.json"
 
     def get(self, features: EncoderFeatures, epsilon: float, config: SuiteConfig) -> dict[str, Any] | None:

@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     meta = dict(payload["metadata"])
     if meta.get("projection"):
         raise SystemExit(f"{args.checkpoint} has a projection head already; fit on the checkpoint it came from")
+    if meta.get("flip_average") or meta.get("feature_domain", "signed") != "signed":
+        raise SystemExit(
+            f"{args.checkpoint}: the head is fitted on single-view features in the signed domain; "
+            "export the encoder without --flip-average and with the signed domain"
+        )
     embedder = load_encoder(args.checkpoint)
     train = read_market_split(args.data).train
     if args.max_train_ids:
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     meta["initialised_from"] = {"file": args.checkpoint.name, "sha256": file_sha256(args.checkpoint)} | {
         k: meta[k] for k in ("name", "epochs", "metrics", "initialised_from") if k in meta
     }
+    meta["name"] = args.out.stem
     meta.pop("metrics", None)
     meta.pop("calibration", None)
     save_encoder(encoder, args.out, meta)

@@ -90,10 +90,11 @@ class OnnxRuntimeRunner:
 class OpenVinoRunner:
     """An ONNX graph or OpenVINO IR compiled for OpenVINO's CPU plugin (fp32 inference precision, throughput hint).
 
-    The throughput hint compiles the model as several streams (2 on this 2-core CPU), each with its own
-    cores; a batch is split across the streams' infer requests and run concurrently. On the OSNet
-    default this measured 2.4x the crops/s of the latency hint (one request using both cores), whose
-    depthwise convolutions do not keep two cores busy."""
+    The throughput hint compiles the model as several streams (OpenVINO picks how many: 2 on the 2-core
+    development CPU), each with its own cores; a batch is split across the streams' infer requests and run
+    concurrently. On the OSNet default this measured 2.4x the crops/s of the latency hint (one request
+    using every core), whose depthwise convolutions do not keep two cores busy. A single crop runs on one
+    stream."""
 
     name = "openvino"
 
@@ -118,13 +119,15 @@ class OpenVinoRunner:
             return np.zeros((0, self.compiled.output(0).get_partial_shape()[1].get_length()), dtype=np.float32)
         parts = np.array_split(images, min(len(self.requests), len(images)))
         busy = self.requests[: len(parts)]
-        for request, part in zip(busy, parts, strict=True):
-            request.start_async({0: part})
-        outputs = []
-        for request in busy:
-            request.wait()
-            outputs.append(np.array(request.get_output_tensor(0).data, copy=True))
-        return np.concatenate(outputs)
+        started = []
+        try:
+            for request, part in zip(busy, parts, strict=True):
+                request.start_async({0: part})
+                started.append(request)
+        finally:
+            for request in started:  # every started request finishes before the next call, even after an error
+                request.wait()
+        return np.concatenate([np.array(request.get_output_tensor(0).data, copy=True) for request in busy])
 
 
 def artifact_runner(backend: str, path: str | Path, *, threads: int | None = None, precision: str = "fp32") -> Runner:

@@ -81,6 +81,8 @@ def test_tiny_mobilenet_matches_pytorch_with_and_without_flip_averaging(backend:
 def test_openvino_splits_a_batch_over_its_streams_without_changing_any_row(tmp_path: Path) -> None:
     embedder = tiny(tmp_path)
     runner = build_runner(embedder, "openvino", artifact=None, workdir=tmp_path)
+    if len(runner.requests) < 2:  # type: ignore[attr-defined]
+        pytest.skip("OpenVINO chose one stream on this CPU: nothing to split")
     x = torch.randn(7, 3, 64, 32).numpy()
     whole = runner.run(x)
     assert whole.shape == (7, 32) and runner.run(x[:0]).shape == (0, 32)

@@ -63,3 +63,26 @@ def test_reid_project_fits_a_head_on_the_training_split_only(tmp_path):
     assert load_encoder(tmp_path / "head.pt").embedding_dim == 4
     twice = subprocess.run([*cmd[:4], str(tmp_path / "head.pt"), *cmd[5:-1], str(tmp_path / "twice.pt")], capture_output=True, text=True)
     assert twice.returncode != 0 and "has a projection head already" in twice.stderr
+
+
+def test_int8_keeps_the_whole_head_in_float_including_the_projection(tmp_path):
+    pytest.importorskip("onnx")
+    from models.inference.export import export_onnx
+    from models.inference.quantize import _tail_nodes
+
+    meta = {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "flip_average": True, "projection": {"dim": 4}}
+    save_encoder(ReIDEncoder(embedding_dim=16, projection_dim=4, flip_average=True), tmp_path / "enc.pt", meta)
+    tail = _tail_nodes(export_onnx(load_encoder(tmp_path / "enc.pt"), tmp_path / "enc.onnx"))
+    for node in ("/embedding/MatMul", "/bnneck/BatchNormalization", "/projection/MatMul", "/projection_1/MatMul", "/Add"):
+        assert node in tail
+    assert not any(name.startswith("/backbone") for name in tail)
+
+
+def test_training_refuses_to_start_from_a_checkpoint_with_a_head(tmp_path):
+    from models.trainer import load_encoder_state
+
+    meta = {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "projection": {"dim": 4}}
+    meta["initialised_from"] = {"file": "parent.pt"}
+    save_encoder(ReIDEncoder(embedding_dim=16, projection_dim=4), tmp_path / "enc.pt", meta)
+    with pytest.raises(ValueError, match=r"train from its parent \(parent.pt\)"):
+        load_encoder_state(ReIDEncoder(embedding_dim=16), tmp_path / "enc.pt")
