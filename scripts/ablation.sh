@@ -5,7 +5,7 @@
 set -euo pipefail
 DATA=${DATA:-../shared/datasets/cuhk03-detected}
 RUNS=${RUNS:-runs/ablation}
-EPOCHS=${EPOCHS:-16}
+EPOCHS=${EPOCHS:-14}
 EXTRA=${EXTRA:-}
 declare -A ROW_FLAGS=(
   [a]="--decoder-target none"
