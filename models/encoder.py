@@ -68,6 +68,13 @@ class ReIDEncoder(nn.Module):
         self.projection = nn.Linear(embedding_dim, projection_dim, bias=False) if projection_dim else None
         self.feature_dim = projection_dim or embedding_dim
 
+    def attach_projection(self, weight: torch.Tensor) -> None:
+        """Add a fixed head of ``weight`` ``[projection_dim, embedding_dim]`` (``models.projection``)."""
+        self.projection = nn.Linear(self.embedding_dim, weight.shape[0], bias=False)
+        with torch.no_grad():
+            self.projection.weight.copy_(weight)
+        self.feature_dim = int(weight.shape[0])
+
     def emitted(self, feature: torch.Tensor) -> torch.Tensor:
         """Apply the projection head (if any) to normalised features and normalise again."""
         return feature if self.projection is None else F.normalize(self.projection(feature), dim=1)

@@ -133,8 +133,7 @@ def search_command(args: argparse.Namespace) -> int:
     }
     try:
         with ReidClient(args.url, api_key=key, timeout=args.timeout, retry=RetryPolicy(max_retries=args.max_retries)) as client:
-            images: list[Any] = list(args.image)
-            result = client.search(images if len(images) > 1 else images[0], k=args.k, group_by=args.group_by, **filters)
+            result = client.search(list(args.image), k=args.k, group_by=args.group_by, **filters)
     except (ReidError, OSError) as exc:
         print(f"reid-gallery: {exc}", file=sys.stderr)
         return 1

@@ -220,56 +220,67 @@ def attack_encoder(
     taken from it (except where its inversion decoder is wanted for a picture)."""
     rows: list[dict[str, Any]] = []
     kept: dict[float, InversionDecoder] = {}
-    query_np = features.query.numpy()
     for epsilon in config.epsilons:
-        cached = row_cache.get(features, epsilon, config) if row_cache is not None and epsilon not in config.keep_decoders_for else None
-        if cached is not None:
-            cached["encoder"] = features.name
-            rows.append(cached)
-            log.info("%s ε=%s: row from the cache (%s)", features.name, cached["epsilon"], _brief(cached))
-            if on_row is not None:
-                on_row(cached)
-            continue
-        sigma = gaussian_sigma(epsilon, config.delta, 2 * CLIP_NORM)
-        row: dict[str, Any] = {"encoder": features.name, "epsilon": "inf" if math.isinf(epsilon) else epsilon, "delta": config.delta, "sigma": sigma}
-        seconds: dict[str, float] = {}
-        decoder = None
-        if "inversion" in config.attacks:
-            decoder, stats = train_inversion(features.train, images.train, sigma=sigma, config=config.inversion, perceptual=perceptual)
-            seconds["inversion_training"] = stats["seconds"]
-            row["inversion_training"] = stats
-            if epsilon in config.keep_decoders_for:
+        reuse = row_cache is not None and epsilon not in config.keep_decoders_for  # a picture needs the row's decoder
+        row = row_cache.get(features, epsilon, config) if reuse and row_cache is not None else None
+        if row is not None:
+            row["encoder"] = features.name
+            log.info("%s ε=%s: row from the cache (%s)", features.name, row["epsilon"], _brief(row))
+        else:
+            row, decoder = _measure_row(features, images, cache, config, epsilon, perceptual)
+            if decoder is not None and epsilon in config.keep_decoders_for:
                 kept[epsilon] = decoder
-        samples: list[dict[str, Any]] = []
-        for draw in range(1 if math.isinf(epsilon) else config.draws):
-            t0 = time.time()
-            gallery = release(features.gallery, sigma, seed=1000 + draw).numpy()
-            sample: dict[str, Any] = {}
-            if "search" in config.attacks:
-                sample["search"] = _ranking(query_np, gallery, images)
-            if "probes" in config.attacks:
-                sample["id_acc_linear"] = id_accuracy(gallery, images.g_pids, query_np, images.q_pids, kind="linear")
-                if math.isinf(epsilon):
-                    sample["id_acc_mlp"] = id_accuracy(gallery, images.g_pids, query_np, images.q_pids, kind="mlp")
-            if "linkage" in config.attacks:
-                sample["linkage_rank1"] = linkage_rank1(gallery, images.g_pids, images.g_cams)
-            if decoder is not None:
-                records = release(features.query, sigma, seed=2000 + draw)
-                recon = reconstruct(decoder, records)
-                sample["psnr"] = psnr(recon, images.query)
-                sample["ssim"] = ssim(recon, images.query)
-                sample["leakage"] = cache.leakage(recon, images)
-            seconds[f"draw_{draw}"] = time.time() - t0
-            samples.append(sample)
-        row |= _collect(samples)
-        row["seconds"] = seconds
+            if row_cache is not None:
+                row_cache.put(features, epsilon, config, row)
+            log.info("%s ε=%s σ=%.4f %s", features.name, row["epsilon"], row["sigma"], _brief(row))
         rows.append(row)
-        if row_cache is not None:
-            row_cache.put(features, epsilon, config, row)
-        log.info("%s ε=%s σ=%.4f %s", features.name, row["epsilon"], sigma, _brief(row))
         if on_row is not None:
             on_row(row)
     return rows, kept
+
+
+def _measure_row(
+    features: EncoderFeatures,
+    images: SplitImages,
+    cache: JudgeCache,
+    config: SuiteConfig,
+    epsilon: float,
+    perceptual: PerceptualLoss | None,
+) -> tuple[dict[str, Any], InversionDecoder | None]:
+    """Every attack of ``config`` on one encoder at one ε (one noise draw at ε = ∞, ``config.draws`` otherwise)."""
+    query_np = features.query.numpy()
+    sigma = gaussian_sigma(epsilon, config.delta, 2 * CLIP_NORM)
+    row: dict[str, Any] = {"encoder": features.name, "epsilon": "inf" if math.isinf(epsilon) else epsilon, "delta": config.delta, "sigma": sigma}
+    seconds: dict[str, float] = {}
+    decoder = None
+    if "inversion" in config.attacks:
+        decoder, stats = train_inversion(features.train, images.train, sigma=sigma, config=config.inversion, perceptual=perceptual)
+        seconds["inversion_training"] = stats["seconds"]
+        row["inversion_training"] = stats
+    samples: list[dict[str, Any]] = []
+    for draw in range(1 if math.isinf(epsilon) else config.draws):
+        t0 = time.time()
+        gallery = release(features.gallery, sigma, seed=1000 + draw).numpy()
+        sample: dict[str, Any] = {}
+        if "search" in config.attacks:
+            sample["search"] = _ranking(query_np, gallery, images)
+        if "probes" in config.attacks:
+            sample["id_acc_linear"] = id_accuracy(gallery, images.g_pids, query_np, images.q_pids, kind="linear")
+            if math.isinf(epsilon):
+                sample["id_acc_mlp"] = id_accuracy(gallery, images.g_pids, query_np, images.q_pids, kind="mlp")
+        if "linkage" in config.attacks:
+            sample["linkage_rank1"] = linkage_rank1(gallery, images.g_pids, images.g_cams)
+        if decoder is not None:
+            records = release(features.query, sigma, seed=2000 + draw)
+            recon = reconstruct(decoder, records)
+            sample["psnr"] = psnr(recon, images.query)
+            sample["ssim"] = ssim(recon, images.query)
+            sample["leakage"] = cache.leakage(recon, images)
+        seconds[f"draw_{draw}"] = time.time() - t0
+        samples.append(sample)
+    row |= _collect(samples)
+    row["seconds"] = seconds
+    return row, decoder
 
 
 def _brief(row: dict[str, Any]) -> str:
@@ -302,23 +313,24 @@ class RowCache:
     folder: Path
     context: str  # what else the rows depend on: judges' files, --max-ids
 
-    def _path(self, features: EncoderFeatures, epsilon: float, config: SuiteConfig) -> Path:
+    def _path(self, sha256: str, epsilon: float, config: SuiteConfig) -> Path:
         settings = config_dict(config) | {"epsilons": None, "keep_decoders_for": None}
         eps = "inf" if math.isinf(epsilon) else float(epsilon)
-        key = fingerprint(ROW_CACHE_VERSION, features.sha256, eps, sorted(settings.items()), self.context)
-        return self.folder / f"{(features.sha256 or 'unknown')[:12]}-{key}.json"
+        key = fingerprint(ROW_CACHE_VERSION, sha256, eps, sorted(settings.items()), self.context)
+        return self.folder / f"{sha256[:12]}-{key}.json"
 
     def get(self, features: EncoderFeatures, epsilon: float, config: SuiteConfig) -> dict[str, Any] | None:
+        """The cached row, or None (also for an encoder without a known file hash)."""
         if features.sha256 is None:
             return None
-        path = self._path(features, epsilon, config)
+        path = self._path(features.sha256, epsilon, config)
         return dict(json.loads(path.read_text())) if path.is_file() else None
 
     def put(self, features: EncoderFeatures, epsilon: float, config: SuiteConfig, row: dict[str, Any]) -> None:
         if features.sha256 is None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._path(features, epsilon, config)
+        path = self._path(features.sha256, epsilon, config)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(row))
         tmp.replace(path)

@@ -36,14 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from models.checkpoint import file_sha256, load_encoder, read_checkpoint, save_encoder
+    from models.checkpoint import load_encoder, save_encoder
     from models.cli.eval import extract
     from models.data import read_market_split
-    from models.encoder import ReIDEncoder
     from models.projection import fit_lda
 
-    payload = read_checkpoint(args.checkpoint)
-    meta = dict(payload["metadata"])
+    embedder = load_encoder(args.checkpoint)
+    meta = dict(embedder.metadata)
     if meta.get("projection"):
         raise SystemExit(f"{args.checkpoint} has a projection head already; fit on the checkpoint it came from")
     if meta.get("flip_average") or meta.get("feature_domain", "signed") != "signed":
@@ -51,36 +50,25 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.checkpoint}: the head is fitted on single-view features in the signed domain; "
             "export the encoder without --flip-average and with the signed domain"
         )
-    embedder = load_encoder(args.checkpoint)
     train = read_market_split(args.data).train
     if args.max_train_ids:
         train = [s for s in train if s.pid < args.max_train_ids]
     log.info("extracting %d training crops", len(train))
     features = extract(embedder, [s.path for s in train])
     weights = fit_lda(features, np.array([s.pid for s in train]), args.dim, args.regularisation)
-    source = embedder.model
-    encoder = ReIDEncoder(
-        backbone=meta["backbone"],
-        embedding_dim=int(meta["embedding_dim"]),
-        last_stride=int(meta.get("last_stride", 1)),
-        flip_average=bool(meta.get("flip_average", False)),
-        feature_domain=str(meta.get("feature_domain", "signed")),
-        projection_dim=args.dim,
-    )
-    state = {k: v for k, v in source.state_dict().items()} | {"projection.weight": torch.from_numpy(weights.T.astype(np.float32))}
-    encoder.load_state_dict(state, strict=True)
+    encoder = embedder.model
+    encoder.attach_projection(torch.from_numpy(weights.T.astype(np.float32)))
     meta["projection"] = {
         "dim": args.dim,
         "method": "lda",
         "regularisation": args.regularisation,
         "fitted_on": f"{args.data.name}: bounding_box_train ({len(train)} crops, {len({s.pid for s in train})} identities)",
     }
-    meta["initialised_from"] = {"file": args.checkpoint.name, "sha256": file_sha256(args.checkpoint)} | {
+    meta["initialised_from"] = {"file": args.checkpoint.name, "sha256": embedder.sha256} | {
         k: meta[k] for k in ("name", "epochs", "metrics", "initialised_from") if k in meta
     }
     meta["name"] = args.out.stem
     meta.pop("metrics", None)
-    meta.pop("calibration", None)
     save_encoder(encoder, args.out, meta)
     log.info("wrote %s (%d-d features)", args.out, args.dim)
 
