@@ -207,9 +207,10 @@ def main() -> None:
     if args.max_queries:
         queries = queries[: args.max_queries]
     # per-record mAP needs each query's number of matches (the other camera's crops of its identity)
-    counts: dict[tuple[int, int], int] = {}
+    crops_of: dict[tuple[int, int], list[Path]] = {}  # (person, camera) -> that track's gallery crops
     for p in gallery:
-        counts[parse(p)] = counts.get(parse(p), 0) + 1
+        crops_of.setdefault(parse(p), []).append(p)
+    counts = {track: len(crops) for track, crops in crops_of.items()}
     keep = [q for q in queries if counts.get((parse(q)[0], 3 - parse(q)[1]), 0) > 0]
 
     proc = None
@@ -239,7 +240,7 @@ def main() -> None:
                     "tracks": score(keep, grouped, tracks=True),
                 }
                 if args.query_tracks:
-                    companions = {q: [p for p in gallery if parse(p) == parse(q)][: MAX_QUERY_CROPS - 1] for q in keep}
+                    companions = {q: crops_of.get(parse(q), [])[: MAX_QUERY_CROPS - 1] for q in keep}
                     by_track = search_all(url, key, keep, "track_ref", args.workers, companions)
                     run["query_tracks"] = score(keep, by_track, tracks=True) | {
                         "mean_query_crops": float(np.mean([1 + len(c) for c in companions.values()]))
