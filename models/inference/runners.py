@@ -7,15 +7,16 @@
   measured at cosine 0.974 against PyTorch here).
 
 Runners are used from one thread at a time (the service's encoder worker). Each uses as many
-threads as PyTorch does (``torch.get_num_threads()``) unless told otherwise; ONNX Runtime's pool
-does not spin between calls, so it never takes cores from request handling or decoding.
+threads as PyTorch does (``torch.get_num_threads()``) unless told otherwise; ONNX Runtime's pools
+do not spin between calls, so they never take cores from request handling or decoding.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -64,27 +65,52 @@ class TorchRunner:
 
 
 class OnnxRuntimeRunner:
-    """An ONNX graph in ONNX Runtime (CPU provider, all graph optimisations, no spinning threads)."""
+    """An ONNX graph in ONNX Runtime (CPU provider, all graph optimisations, no spinning threads), run as streams.
+
+    Like OpenVINO's throughput hint: with ``threads`` cores the runner keeps one session whose pool has one thread
+    and splits a batch into up to ``threads`` parts of at least 4 crops that run concurrently (ONNX Runtime
+    releases the GIL inside ``run``, and a session may be run from several threads). The OSNet default's depthwise
+    convolutions do not keep two cores busy from one call: on the development CPU, batch 32 of raw inputs ran at
+    about 860 crops/s as two 1-thread streams against 730 with one 2-thread call (ad-hoc timing, same inputs).
+    Smaller batches (a search's single crop) run in one call on a second session that uses every thread, so
+    single-crop latency is what it was. Features are the same either way (the graph is per-crop)."""
 
     name = "onnxruntime"
+    min_crops_per_stream = 4  # below this a call's fixed cost outweighs a second core
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, default_chunk: int = 16, precision: str = "fp32") -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = _threads(threads)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    def __init__(self, path: str | Path, *, threads: int | None = None, default_chunk: int = 32, precision: str = "fp32") -> None:
+        self.streams = _threads(threads)
+        self.session = _ort_session(path, self.streams)
+        self.stream_session = _ort_session(path, 1) if self.streams > 1 else self.session
         self.input_name = self.session.get_inputs()[0].name
+        self._pool = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="ort-stream") if self.streams > 1 else None
         self.default_chunk = default_chunk
         self.precision = precision
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0])
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        streams = min(self.streams, len(images) // self.min_crops_per_stream)
+        if self._pool is None or streams < 2:
+            return self._run(self.session, images)
+        parts = np.array_split(images, streams)
+        futures = [self._pool.submit(self._run, self.stream_session, np.ascontiguousarray(part)) for part in parts]
+        return np.concatenate([future.result() for future in futures])
+
+    def _run(self, session: Any, images: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {self.input_name: images})[0])
+
+
+def _ort_session(path: str | Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OpenVinoRunner:

@@ -90,6 +90,25 @@ def test_openvino_splits_a_batch_over_its_streams_without_changing_any_row(tmp_p
     assert np.allclose(whole, one_by_one, atol=1e-5)
 
 
+@pytest.mark.skipif("onnxruntime" not in RUNTIMES, reason="ONNX Runtime not installed")
+def test_onnxruntime_streams_split_a_batch_without_changing_any_row(tmp_path: Path) -> None:
+    from models.inference.export import export_onnx
+    from models.inference.runners import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(export_onnx(tiny(tmp_path), tmp_path / "tiny.onnx"), threads=3)
+    calls: list[int] = []
+    original = runner._run
+    runner._run = lambda session, images: calls.append(len(images)) or original(session, images)  # type: ignore[method-assign]
+    x = torch.randn(13, 3, 64, 32).numpy()
+    whole = runner.run(x)
+    assert sorted(calls) == [4, 4, 5]  # three streams of at least four crops each
+    calls.clear()
+    assert runner.run(x[:7]).shape == (7, 32) and calls == [7]  # too few crops for two streams: one call
+    assert runner.run(x[:0]).shape == (0, 32)
+    one_by_one = np.concatenate([original(runner.session, x[i : i + 1]) for i in range(13)])
+    assert np.allclose(whole, one_by_one, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", RUNTIMES)
 def test_random_osnet_exports_and_matches_pytorch(backend: str, tmp_path: Path) -> None:
     embedder = tiny(tmp_path, backbone="osnet_x0_25", size=(128, 64), dim=512)
