@@ -14,7 +14,7 @@ do not spin between calls, so they never take cores from request handling or dec
 from __future__ import annotations
 
 import importlib.util
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -94,6 +94,7 @@ class OnnxRuntimeRunner:
             return self._run(self.session, images)
         parts = np.array_split(images, streams)
         futures = [self._pool.submit(self._run, self.stream_session, np.ascontiguousarray(part)) for part in parts]
+        wait(futures)  # every stream finishes before the call returns, even when one of them failed
         return np.concatenate([future.result() for future in futures])
 
     def _run(self, session: Any, images: np.ndarray) -> np.ndarray:

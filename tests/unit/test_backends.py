@@ -96,14 +96,15 @@ def test_onnxruntime_streams_split_a_batch_without_changing_any_row(tmp_path: Pa
     from models.inference.runners import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(export_onnx(tiny(tmp_path), tmp_path / "tiny.onnx"), threads=3)
-    calls: list[int] = []
+    calls: list[tuple[int, bool]] = []  # (crops, on the one-thread stream session)
     original = runner._run
-    runner._run = lambda session, images: calls.append(len(images)) or original(session, images)  # type: ignore[method-assign]
+    runner._run = lambda session, images: calls.append((len(images), session is runner.stream_session)) or original(session, images)  # type: ignore[method-assign]
+    assert runner.stream_session is not runner.session
     x = torch.randn(13, 3, 64, 32).numpy()
     whole = runner.run(x)
-    assert sorted(calls) == [4, 4, 5]  # three streams of at least four crops each
+    assert sorted(calls) == [(4, True), (4, True), (5, True)]  # three streams of at least four crops each
     calls.clear()
-    assert runner.run(x[:7]).shape == (7, 32) and calls == [7]  # too few crops for two streams: one call
+    assert runner.run(x[:7]).shape == (7, 32) and calls == [(7, False)]  # too few crops for two streams: one call, every thread
     assert runner.run(x[:0]).shape == (0, 32)
     one_by_one = np.concatenate([original(runner.session, x[i : i + 1]) for i in range(13)])
     assert np.allclose(whole, one_by_one, atol=1e-5)

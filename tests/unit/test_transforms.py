@@ -37,4 +37,10 @@ def test_eval_transform_equals_float_resize_normalise(shape: tuple[int, ...], si
     batch = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     expected = normalize(resize_batch(to_float(batch), size))
     assert torch.allclose(eval_transform(batch, size), expected, atol=2e-6)
-    assert torch.equal(batch, torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1)))  # input untouched
+
+
+def test_eval_transform_leaves_a_float_input_as_it_was() -> None:
+    batch = torch.rand(2, 3, 64, 32) * 255
+    before = batch.clone()
+    out = eval_transform(batch, (64, 32))
+    assert torch.equal(batch, before) and not torch.equal(out, batch)
