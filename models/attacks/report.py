@@ -12,8 +12,6 @@ from models.attacks.inversion import InversionDecoder, reconstruct
 from models.markdown import replace_between_markers
 from models.privacy.gaussian import gaussian_sigma
 
-START, END = "<!-- attack-table:start -->", "<!-- attack-table:end -->"
-
 
 def _pct(cell: dict[str, Any] | None) -> str:
     if not cell:
@@ -49,9 +47,15 @@ def markdown_table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, out: dict[str, Any]) -> None:
-    """Replace the table between the attack-table markers in ``path`` (or write the table alone)."""
-    replace_between_markers(path, START, END, markdown_table(out))
+def write_markdown(path: Path, out: dict[str, Any], *, table: str = "attack-table") -> None:
+    """Replace the table between ``<!-- {table}:start -->`` and ``<!-- {table}:end -->`` in ``path``.
+
+    A file without those markers is refused (it would otherwise be overwritten by the table alone); a missing file
+    receives the table alone."""
+    start, end = f"<!-- {table}:start -->", f"<!-- {table}:end -->"
+    if path.exists() and not (start in path.read_text() and end in path.read_text()):
+        raise ValueError(f"{path} has no {start} / {end} markers")
+    replace_between_markers(path, start, end, markdown_table(out))
 
 
 def save_picture(

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-ids", type=int, default=0, help="keep only N identities of each part of the split (quick runs, tests)")
     p.add_argument("--json", type=Path, required=True, help="write the table here (rewritten after every row)")
     p.add_argument("--markdown", type=Path, help="Markdown file whose attack-table markers receive the table")
+    p.add_argument(
+        "--markdown-table", default="attack-table", metavar="NAME", help="the table goes between <!-- NAME:start --> and <!-- NAME:end -->"
+    )
     p.add_argument("--picture", type=Path, help="PNG: original / pixelated / reconstructions at --picture-epsilons (first grid encoder)")
     p.add_argument("--picture-epsilons", type=float, nargs="+", default=[math.inf, 256, 64])
     return p
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.markdown:
         from models.attacks.report import write_markdown
 
-        write_markdown(args.markdown, out)
+        write_markdown(args.markdown, out, table=args.markdown_table)
     if args.picture and pictures:
         from models.attacks.report import save_picture
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,20 @@ def test_suite_rows_and_table_on_a_toy_split() -> None:
     assert set(clean["leakage"]) == {"colour"}
     table = markdown_table({"judges": ["colour"], "rows": rows, "references": []})
     assert "| toy | inf |" in table and "| toy | 8.0 |" in table
+
+
+def test_attack_table_goes_between_its_named_markers_and_a_file_without_them_is_left_alone(tmp_path: Path) -> None:
+    from models.attacks.report import write_markdown
+
+    out = {"judges": [], "rows": [{"encoder": "toy", "epsilon": "inf", "sigma": 0.0}], "references": []}
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- attack-table:start -->\nold\n<!-- attack-table:end -->\n<!-- extra:start -->\nold\n<!-- extra:end -->\nend\n")
+    write_markdown(page, out, table="extra")
+    text = page.read_text()
+    assert text.startswith("intro\n<!-- attack-table:start -->\nold\n") and text.endswith("end\n")
+    assert "<!-- extra:start -->\n| encoder |" in text and "| toy | inf |" in text
+    plain = tmp_path / "plain.md"
+    plain.write_text("a page without markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        write_markdown(plain, out)
+    assert plain.read_text() == "a page without markers\n"
