@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,28 @@ class InversionConfig:
     perceptual_weight: float = 1.0
     base_channels: int = 96
     seed: int = 0
+    identity_weight: float = 0.0  # > 0: also match the attacked encoder's feature of the reconstruction (white box)
+
+
+class EncoderIdentity(nn.Module):
+    """The attacked encoder, frozen, as the attacker's identity loss: images in [0, 1] -> its L2-normalised features.
+
+    The attacker knows the encoder (white box), so a reconstruction can be trained to have the feature of the crop it
+    came from, not only its pixels: ``1 - cos(E(reconstruction), feature)``."""
+
+    def __init__(self, checkpoint: str | Path) -> None:
+        super().__init__()
+        from models.checkpoint import load_encoder
+        from models.data.transforms import normalize
+
+        embedder = load_encoder(checkpoint, "cpu")
+        self.encoder = embedder.model.eval().requires_grad_(False)
+        self.input_size = embedder.input_size
+        self.normalize = normalize
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+        x = images01 if tuple(images01.shape[-2:]) == self.input_size else F.interpolate(images01, size=self.input_size, mode="bilinear")
+        return F.normalize(self.encoder(self.normalize(x)), dim=1)
 
 
 def _noisy(features: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
@@ -105,11 +128,13 @@ def train_inversion(
     sigma: float,
     config: InversionConfig,
     perceptual: PerceptualLoss | None = None,
+    identity: nn.Module | None = None,
 ) -> tuple[InversionDecoder, dict[str, float]]:
     """Train a decoder from released records (``features`` + noise at ``sigma``) to the crops they came from.
 
-    ``images_uint8`` are the training crops at 128×64. Returns the decoder (eval mode) and
-    training statistics (seconds, final losses).
+    ``images_uint8`` are the training crops at 128×64. With ``identity`` (an :class:`EncoderIdentity`) and
+    ``config.identity_weight`` > 0 the loss also asks each reconstruction to have its crop's clean feature.
+    Returns the decoder (eval mode) and training statistics (seconds, final losses).
     """
     generator = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):
@@ -128,7 +153,7 @@ def train_inversion(
     for epoch in range(config.epochs):
         order = torch.randperm(features.shape[0], generator=generator)
         released = _noisy(features, sigma, generator)
-        sums = {"pixel": 0.0, "perceptual": 0.0}
+        sums = {"pixel": 0.0, "perceptual": 0.0, "identity": 0.0}
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
             target = images_uint8[idx].float().div_(255)
@@ -139,13 +164,20 @@ def train_inversion(
                 perc = perceptual(recon, target)
                 loss = loss + config.perceptual_weight * perc
                 sums["perceptual"] += float(perc.detach())
+            if identity is not None and config.identity_weight > 0:
+                ident = 1 - (identity(recon) * F.normalize(features[idx], dim=1)).sum(dim=1).mean()
+                loss = loss + config.identity_weight * ident
+                sums["identity"] += float(ident.detach())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             scheduler.step()
             sums["pixel"] += float(pixel.detach())
         stats = {k: v / steps_per_epoch for k, v in sums.items()}
-        log.info("inversion σ=%.4f epoch %d/%d pixel %.4f perceptual %.4f", sigma, epoch + 1, config.epochs, stats["pixel"], stats["perceptual"])
+        log.info(
+            "inversion σ=%.4f epoch %d/%d pixel %.4f perceptual %.4f identity %.4f",
+            *(sigma, epoch + 1, config.epochs, stats["pixel"], stats["perceptual"], stats["identity"]),
+        )
     stats["seconds"] = time.time() - started
     return decoder.eval(), stats
 

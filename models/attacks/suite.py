@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from models.attacks.inversion import OUTPUT_SIZE, InversionConfig, InversionDecoder, PerceptualLoss, psnr, reconstruct, ssim, train_inversion
 from models.attacks.judges import Judge
@@ -213,6 +214,7 @@ def attack_encoder(
     perceptual: PerceptualLoss | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     row_cache: RowCache | None = None,
+    identity: nn.Module | None = None,
 ) -> tuple[list[dict[str, Any]], dict[float, InversionDecoder]]:
     """One row per ε for one encoder; also the decoders kept for pictures.
 
@@ -227,7 +229,7 @@ def attack_encoder(
             row["encoder"] = features.name
             log.info("%s ε=%s: row from the cache (%s)", features.name, row["epsilon"], _brief(row))
         else:
-            row, decoder = _measure_row(features, images, cache, config, epsilon, perceptual)
+            row, decoder = _measure_row(features, images, cache, config, epsilon, perceptual, identity)
             if decoder is not None and epsilon in config.keep_decoders_for:
                 kept[epsilon] = decoder
             if row_cache is not None:
@@ -246,6 +248,7 @@ def _measure_row(
     config: SuiteConfig,
     epsilon: float,
     perceptual: PerceptualLoss | None,
+    identity: nn.Module | None = None,
 ) -> tuple[dict[str, Any], InversionDecoder | None]:
     """Every attack of ``config`` on one encoder at one ε (one noise draw at ε = ∞, ``config.draws`` otherwise)."""
     query_np = features.query.numpy()
@@ -254,7 +257,7 @@ def _measure_row(
     seconds: dict[str, float] = {}
     decoder = None
     if "inversion" in config.attacks:
-        decoder, stats = train_inversion(features.train, images.train, sigma=sigma, config=config.inversion, perceptual=perceptual)
+        decoder, stats = train_inversion(features.train, images.train, sigma=sigma, config=config.inversion, perceptual=perceptual, identity=identity)
         seconds["inversion_training"] = stats["seconds"]
         row["inversion_training"] = stats
     samples: list[dict[str, Any]] = []

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inversion-epochs", type=int, default=InversionConfig.epochs)
     p.add_argument("--inversion-width", type=int, default=InversionConfig.base_channels)
     p.add_argument("--perceptual-weight", type=float, default=InversionConfig.perceptual_weight)
+    p.add_argument(
+        "--identity-weight",
+        type=float,
+        default=InversionConfig.identity_weight,
+        help="> 0: the inverter also matches the attacked encoder's feature of its reconstruction (white-box identity loss)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--max-ids", type=int, default=0, help="keep only N identities of each part of the split (quick runs, tests)")
     p.add_argument("--json", type=Path, required=True, help="write the table here (rewritten after every row)")
@@ -106,7 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     row_cache = None if args.no_row_cache else RowCache(args.cache_dir / "rows", context)
     images = SplitImages.load(args.data, max_ids=args.max_ids)
     cache = JudgeCache(judges)
-    inversion = InversionConfig(epochs=args.inversion_epochs, base_channels=args.inversion_width, perceptual_weight=args.perceptual_weight)
+    inversion = InversionConfig(
+        epochs=args.inversion_epochs,
+        base_channels=args.inversion_width,
+        perceptual_weight=args.perceptual_weight,
+        identity_weight=args.identity_weight,
+    )
     perceptual = None
     if "inversion" in args.attacks and args.perceptual_weight > 0:
         from models.attacks.inversion import PerceptualLoss
@@ -143,7 +154,12 @@ def main(argv: list[str] | None = None) -> None:
             out["rows"].append(row)
             write()
 
-        _, kept = attack_encoder(features, images, cache, config, perceptual=perceptual, on_row=add, row_cache=row_cache)
+        identity = None
+        if "inversion" in args.attacks and args.identity_weight > 0:
+            from models.attacks.inversion import EncoderIdentity
+
+            identity = EncoderIdentity(checkpoint)
+        _, kept = attack_encoder(features, images, cache, config, perceptual=perceptual, on_row=add, row_cache=row_cache, identity=identity)
         if kept:
             pictures = {"name": name, "features": features, "decoders": kept}
     write()
