@@ -48,14 +48,9 @@ def markdown_table(out: dict[str, Any]) -> str:
 
 
 def write_markdown(path: Path, out: dict[str, Any], *, table: str = "attack-table") -> None:
-    """Replace the table between ``<!-- {table}:start -->`` and ``<!-- {table}:end -->`` in ``path``.
-
-    A file without those markers is refused (it would otherwise be overwritten by the table alone); a missing file
-    receives the table alone."""
-    start, end = f"<!-- {table}:start -->", f"<!-- {table}:end -->"
-    if path.exists() and not (start in path.read_text() and end in path.read_text()):
-        raise ValueError(f"{path} has no {start} / {end} markers")
-    replace_between_markers(path, start, end, markdown_table(out))
+    """Replace the table between ``<!-- {table}:start -->`` and ``<!-- {table}:end -->`` in ``path``
+    (:func:`models.markdown.replace_between_markers`: a page without them is refused, a missing file gets the table)."""
+    replace_between_markers(path, f"<!-- {table}:start -->", f"<!-- {table}:end -->", markdown_table(out))
 
 
 def save_picture(

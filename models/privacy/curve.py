@@ -119,7 +119,7 @@ START, END = "<!-- privacy-table:start -->", "<!-- privacy-table:end -->"
 
 
 def write_markdown(path: Path, table: str) -> None:
-    """Replace the table between the privacy-table markers in ``path`` (or write the table alone)."""
+    """Replace the table between the privacy-table markers in ``path`` (refused if it has none; a missing file gets the table)."""
     replace_between_markers(path, START, END, table)
 
 

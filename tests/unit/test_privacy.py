@@ -142,6 +142,11 @@ def test_privacy_curve_rows_and_markdown_markers(tmp_path):
     write_markdown(doc, markdown_table({"m": rows}))
     text = doc.read_text()
     assert text.startswith("intro") and text.endswith("outro\n") and "old" not in text and "| m | inf | record |" in text
+    page = tmp_path / "page.md"
+    page.write_text("a page without the markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        write_markdown(page, "| table |")
+    assert page.read_text() == "a page without the markers\n"
 
 
 def test_privacy_curve_track_rows_and_calibration_groupings():
