@@ -18,6 +18,7 @@ import torch
 
 from models.data.transforms import eval_transform
 from models.encoder import ReIDEncoder
+from models.evaluation.likelihood import TrackScorer
 
 if TYPE_CHECKING:
     from models.inference.runners import Runner
@@ -25,15 +26,17 @@ if TYPE_CHECKING:
 FORMAT = "reid-encoder/1"
 
 
-def save_encoder(encoder: ReIDEncoder, path: str | Path, metadata: dict[str, Any]) -> None:
-    """Write ``{"format", "state_dict", "metadata"}``; atomic (temp file + rename)."""
+def save_encoder(encoder: ReIDEncoder, path: str | Path, metadata: dict[str, Any], track_scorer: TrackScorer | None = None) -> None:
+    """Write ``{"format", "state_dict", "metadata"[, "track_scorer"]}``; atomic (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+    payload: dict[str, Any] = {
         "format": FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
         "metadata": metadata,
     }
+    if track_scorer is not None:
+        payload["track_scorer"] = {k: torch.from_numpy(v) for k, v in track_scorer.as_arrays().items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -68,6 +71,17 @@ class Embedder:
     untrained: bool = False
     source: str | None = None  # file name of the checkpoint it was loaded from
     runner: Runner | None = None  # another runtime behind ``embed`` (None: the PyTorch module)
+    track_scorer: TrackScorer | None = None  # noise-aware track scoring fitted on the public split (None: cosine)
+
+    @property
+    def feature_domain(self) -> str:
+        """``signed`` or ``nonnegative``: where emitted features lie (the privacy mechanism's sensitivity follows)."""
+        return self.model.output_domain
+
+    @property
+    def split_sign(self) -> bool:
+        """Whether features are ``[relu(f), relu(-f)]`` of a signed feature ``f`` (``ReIDEncoder.split_sign``)."""
+        return bool(self.model.split_sign)
 
     @property
     def embedding_dim(self) -> int:
@@ -147,10 +161,13 @@ def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
         flip_average=bool(meta.get("flip_average", False)),
         feature_domain=str(meta.get("feature_domain", "signed")),
         projection_dim=int(meta["projection"]["dim"]) if meta.get("projection") else None,
+        split_sign=bool(meta.get("split_sign", False)),
     )
     model.load_state_dict(payload["state_dict"], strict=True)
     dev = resolve_device(device)
+    scorer = payload.get("track_scorer")
     return Embedder(
+        track_scorer=None if scorer is None else TrackScorer.from_arrays({k: v.numpy() for k, v in scorer.items()}),
         model=_prepare(model, dev),
         device=dev,
         input_size=(int(meta["input_size"][0]), int(meta["input_size"][1])),

@@ -29,6 +29,12 @@ class ReIDEncoder(nn.Module):
     orthant, where two unit vectors are at most √2 apart instead of 2, which is what the
     privacy mechanism's sensitivity can then use (``models.privacy.mechanism``).
 
+    ``split_sign`` emits ``[relu(f), relu(-f)]`` of the (projected, normalised) feature ``f``: the
+    same unit norm and the same information (``f`` is the first half minus the second), but every
+    coordinate is non-negative, so the emitted features lie in the orthant where the mechanism's
+    sensitivity is √2 instead of 2 (``output_domain``). Its cosines differ from ``f``'s; search over
+    noisy records scores them with a noise-aware likelihood (``models.evaluation.likelihood``).
+
     ``projection_dim`` adds a fixed linear head after normalising (``models.projection``: a
     discriminant projection fitted on the public training split) and normalises again: the
     emitted feature then has ``feature_dim = projection_dim`` coordinates. The head puts the
@@ -47,6 +53,7 @@ class ReIDEncoder(nn.Module):
         flip_average: bool = False,
         feature_domain: str = "signed",
         projection_dim: int | None = None,
+        split_sign: bool = False,
     ) -> None:
         super().__init__()
         if feature_domain not in FEATURE_DOMAINS:
@@ -66,18 +73,28 @@ class ReIDEncoder(nn.Module):
         nn.init.constant_(self.bnneck.weight, 1.0)
         nn.init.constant_(self.bnneck.bias, 0.0)
         self.projection = nn.Linear(embedding_dim, projection_dim, bias=False) if projection_dim else None
-        self.feature_dim = projection_dim or embedding_dim
+        self.split_sign = split_sign
+        self.feature_dim = (projection_dim or embedding_dim) * (2 if split_sign else 1)
+
+    @property
+    def output_domain(self) -> str:
+        """Where emitted features lie: ``nonnegative`` (sensitivity √2·C) or ``signed`` (2·C)."""
+        return "nonnegative" if self.split_sign or self.feature_domain == "nonnegative" else "signed"
 
     def attach_projection(self, weight: torch.Tensor) -> None:
         """Add a fixed head of ``weight`` ``[projection_dim, embedding_dim]`` (``models.projection``)."""
         self.projection = nn.Linear(self.embedding_dim, weight.shape[0], bias=False)
         with torch.no_grad():
             self.projection.weight.copy_(weight)
-        self.feature_dim = int(weight.shape[0])
+        self.feature_dim = int(weight.shape[0]) * (2 if self.split_sign else 1)
 
     def emitted(self, feature: torch.Tensor) -> torch.Tensor:
         """Apply the projection head (if any) to normalised features and normalise again."""
         return feature if self.projection is None else F.normalize(self.projection(feature), dim=1)
+
+    def encode_sign(self, feature: torch.Tensor) -> torch.Tensor:
+        """``[relu(f), relu(-f)]`` with ``split_sign`` (norm and information kept), else ``f``."""
+        return torch.cat([F.relu(feature), F.relu(-feature)], dim=1) if self.split_sign else feature
 
     def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pre-BN embedding, post-BN embedding)."""
@@ -100,4 +117,4 @@ class ReIDEncoder(nn.Module):
         feature = self.emitted(self.deploy(post_bn))
         if self.flip_average:
             feature = F.normalize(feature + self.emitted(self.deploy(self.forward_train(images.flip(3))[1])), dim=1)
-        return feature
+        return self.encode_sign(feature)

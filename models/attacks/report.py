@@ -11,6 +11,7 @@ import torch
 from models.attacks.inversion import InversionDecoder, reconstruct
 from models.markdown import replace_between_markers
 from models.privacy.gaussian import gaussian_sigma
+from models.privacy.mechanism import sensitivity_for
 
 
 def _pct(cell: dict[str, Any] | None) -> str:
@@ -68,7 +69,7 @@ def save_picture(
     originals = images.query[picks]
     rows = [("original", originals), ("pixelated 16×8", pixelate_16x8(originals))]
     for epsilon in sorted(decoders, key=lambda e: -e):
-        sigma = gaussian_sigma(epsilon, delta, 2.0)
+        sigma = gaussian_sigma(epsilon, delta, sensitivity_for(features.domain))
         records = release(features.query[picks], sigma, seed=3000)
         label = "ε = ∞" if math.isinf(epsilon) else f"ε = {epsilon:g}"
         rows.append((f"reconstruction, {label}", reconstruct(decoders[epsilon], records)))

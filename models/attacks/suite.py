@@ -39,7 +39,9 @@ from models.data import read_market_split
 from models.data.transforms import load_images
 from models.evaluation import cosine_distance, evaluate_rankings
 from models.evaluation.attack import id_accuracy
+from models.evaluation.likelihood import signed_features
 from models.privacy.gaussian import gaussian_sigma
+from models.privacy.mechanism import sensitivity_for
 
 log = logging.getLogger("reid.attacks")
 
@@ -98,6 +100,16 @@ class EncoderFeatures:
     train: torch.Tensor
     query: torch.Tensor
     gallery: torch.Tensor
+    domain: str = "signed"  # the encoder's feature domain: the service's σ at an ε follows its sensitivity
+    split_sign: bool = False  # search and linkage compare the signed feature f⁺ − f⁻, as the service does
+
+
+def _domain(checkpoint: Path) -> tuple[str, bool]:
+    from models.checkpoint import read_checkpoint
+
+    meta = read_checkpoint(checkpoint)["metadata"]
+    split = bool(meta.get("split_sign"))
+    return ("nonnegative" if split or meta.get("feature_domain") == "nonnegative" else "signed"), split
 
 
 def encoder_features(name: str, checkpoint: Path, images: SplitImages, cache_dir: Path | None) -> EncoderFeatures:
@@ -110,17 +122,22 @@ def encoder_features(name: str, checkpoint: Path, images: SplitImages, cache_dir
     cache = cache_dir / f"features-{sha[:16]}-{sizes}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         stored = np.load(cache)
-        return EncoderFeatures(name, sha, *(torch.from_numpy(stored[k]) for k in ("train", "query", "gallery")))
+        tensors = {k: torch.from_numpy(stored[k]) for k in ("train", "query", "gallery")}
+        return EncoderFeatures(name, sha, tensors["train"], tensors["query"], tensors["gallery"], *_domain(checkpoint))
     embedder = load_encoder(checkpoint, "cpu")
     parts = {k: extract(embedder, getattr(images, f"{k}_paths")) for k in ("train", "query", "gallery")}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, train=parts["train"], query=parts["query"], gallery=parts["gallery"])
-    return EncoderFeatures(name, sha, *(torch.from_numpy(parts[k]) for k in ("train", "query", "gallery")))
+    tensors = {k: torch.from_numpy(parts[k]) for k in ("train", "query", "gallery")}
+    return EncoderFeatures(name, sha, tensors["train"], tensors["query"], tensors["gallery"], embedder.feature_domain, embedder.split_sign)
 
 
 def release(features: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
-    """The service's release: clip to L2 norm 1, add N(0, σ²) per coordinate (seeded here, for a reproducible table)."""
+    """The service's release: clip to L2 norm 1, add N(0, σ²) per coordinate (seeded here, for a reproducible table).
+
+    Features of a non-negative encoder are non-negative already, so the service's zeroing of negative coordinates is
+    a no-op here."""
     clipped = features * (CLIP_NORM / features.norm(dim=1, keepdim=True).clamp_min(CLIP_NORM))
     if sigma == 0:
         return clipped
@@ -252,7 +269,7 @@ def _measure_row(
 ) -> tuple[dict[str, Any], InversionDecoder | None]:
     """Every attack of ``config`` on one encoder at one ε (one noise draw at ε = ∞, ``config.draws`` otherwise)."""
     query_np = features.query.numpy()
-    sigma = gaussian_sigma(epsilon, config.delta, 2 * CLIP_NORM)
+    sigma = gaussian_sigma(epsilon, config.delta, sensitivity_for(features.domain, CLIP_NORM))
     row: dict[str, Any] = {"encoder": features.name, "epsilon": "inf" if math.isinf(epsilon) else epsilon, "delta": config.delta, "sigma": sigma}
     seconds: dict[str, float] = {}
     decoder = None
@@ -265,14 +282,15 @@ def _measure_row(
         t0 = time.time()
         gallery = release(features.gallery, sigma, seed=1000 + draw).numpy()
         sample: dict[str, Any] = {}
+        compared = signed_features(gallery) if features.split_sign else gallery
         if "search" in config.attacks:
-            sample["search"] = _ranking(query_np, gallery, images)
+            sample["search"] = _ranking(signed_features(query_np) if features.split_sign else query_np, compared, images)
         if "probes" in config.attacks:
             sample["id_acc_linear"] = id_accuracy(gallery, images.g_pids, query_np, images.q_pids, kind="linear")
             if math.isinf(epsilon):
                 sample["id_acc_mlp"] = id_accuracy(gallery, images.g_pids, query_np, images.q_pids, kind="mlp")
         if "linkage" in config.attacks:
-            sample["linkage_rank1"] = linkage_rank1(gallery, images.g_pids, images.g_cams)
+            sample["linkage_rank1"] = linkage_rank1(compared, images.g_pids, images.g_cams)
         if decoder is not None:
             records = release(features.query, sigma, seed=2000 + draw)
             recon = reconstruct(decoder, records)

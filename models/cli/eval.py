@@ -16,6 +16,7 @@ from models.data import read_market_split
 from models.data.transforms import load_images
 from models.evaluation import cosine_distance, evaluate_rankings
 from models.evaluation.attack import id_accuracy
+from models.evaluation.likelihood import signed_features
 
 log = logging.getLogger("reid.eval")
 
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     embedder = load_encoder(args.checkpoint, args.device)
     feats = split_features(embedder, args.data)
+    if embedder.split_sign:  # the service compares the signed feature f⁺ − f⁻ per record (models.evaluation.likelihood)
+        feats = {**feats, "qf": signed_features(feats["qf"]), "gf": signed_features(feats["gf"])}
     result = evaluate_features(feats, attackers=not args.no_attackers, ap_cutoff=args.ap_cutoff)
     result["checkpoint"] = str(args.checkpoint)
     result["checkpoint_sha256"] = embedder.sha256

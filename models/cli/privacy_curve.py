@@ -18,7 +18,7 @@ from typing import Any
 
 from models.checkpoint import load_encoder
 from models.cli.eval import split_features
-from models.privacy.curve import DEFAULT_EPSILONS, GROUPINGS, calibration, curve_for, markdown_table, write_markdown
+from models.privacy.curve import DEFAULT_EPSILONS, GROUPINGS, Scoring, calibration, curve_for, markdown_table, write_markdown
 
 
 def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> None:
@@ -81,8 +81,15 @@ def main(argv: list[str] | None = None) -> None:
     for name, path in encoders:
         embedder = load_encoder(path, args.device)
         shas[name] = embedder.sha256
+        scoring = Scoring(embedder.feature_domain, embedder.split_sign, embedder.track_scorer)
         results[name] = curve_for(
-            split_features(embedder, args.data), args.epsilons, args.delta, args.draws, attack=not args.no_attacker, tracks=not args.no_tracks
+            split_features(embedder, args.data),
+            args.epsilons,
+            args.delta,
+            args.draws,
+            attack=not args.no_attacker,
+            tracks=not args.no_tracks,
+            scoring=scoring,
         )
     payload = {
         "data": str(args.data),

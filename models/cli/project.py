@@ -2,8 +2,10 @@
 
 Features of the training split (``bounding_box_train``) are extracted with the checkpoint, an LDA
 projection to --dim directions is fitted on them with their identity labels, and a new encoder-only
-checkpoint is written whose emitted feature is normalise(W^T normalise(feature)). Nothing of the
-query or gallery split is used. Evaluate the result with ``reid-eval`` and calibrate it with
+checkpoint is written whose emitted feature is normalise(W^T normalise(feature)) — with --split-sign,
+``[relu(f), relu(-f)]`` of it, non-negative, so the privacy mechanism's sensitivity is √2 instead of 2. The
+noise-aware track scorer (``models.evaluation.likelihood``) is fitted on the same training features as
+emitted and stored in the checkpoint. Nothing of the query or gallery split is used. Evaluate the result with ``reid-eval`` and calibrate it with
 ``reid-privacy-curve`` like any other checkpoint.
 """
 
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("../shared/datasets/cuhk03-detected"), help="Market-1501-layout folder")
     p.add_argument("--dim", type=int, default=48, help="directions kept")
     p.add_argument("--regularisation", type=float, default=0.01, help="added to the within-identity scatter's diagonal")
+    p.add_argument("--split-sign", action="store_true", help="emit [relu(f), relu(-f)]: non-negative features (sensitivity √2)")
+    p.add_argument("--no-track-scorer", action="store_true", help="do not fit the noise-aware track scorer (grouped search uses cosine)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--max-train-ids", type=int, help="fit on the first N training identities only (tests)")
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     from models.checkpoint import load_encoder, save_encoder
     from models.cli.eval import extract
     from models.data import read_market_split
+    from models.evaluation.likelihood import TrackScorer
     from models.projection import fit_lda
 
     embedder = load_encoder(args.checkpoint)
@@ -57,7 +62,18 @@ def main(argv: list[str] | None = None) -> None:
     features = extract(embedder, [s.path for s in train])
     weights = fit_lda(features, np.array([s.pid for s in train]), args.dim, args.regularisation)
     encoder = embedder.model
+    encoder.split_sign = args.split_sign
     encoder.attach_projection(torch.from_numpy(weights.T.astype(np.float32)))
+    scorer = None
+    if not args.no_track_scorer:
+        with torch.inference_mode():
+            emitted = encoder.encode_sign(encoder.emitted(torch.from_numpy(features).float())).numpy()
+        scorer = TrackScorer.fit(emitted, np.array([s.pid for s in train]))
+        meta["track_scorer"] = {
+            "model": "two-covariance Gaussian log-likelihood ratio (models.evaluation.likelihood)",
+            "fitted_on": f"{args.data.name}: bounding_box_train, the emitted features",
+        }
+    meta["split_sign"] = bool(args.split_sign)
     meta["projection"] = {
         "dim": args.dim,
         "method": "lda",
@@ -69,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     meta["name"] = args.out.stem
     meta.pop("metrics", None)
-    save_encoder(encoder, args.out, meta)
-    log.info("wrote %s (%d-d features)", args.out, args.dim)
+    save_encoder(encoder, args.out, meta, track_scorer=scorer)
+    log.info("wrote %s (%d-d features)", args.out, encoder.feature_dim)
 
 
 if __name__ == "__main__":

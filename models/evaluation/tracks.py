@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.evaluation.likelihood import TrackScorer, track_noise_variance
 from models.evaluation.ranking import cosine_distance, evaluate_rankings
 
 
@@ -31,12 +32,31 @@ def track_vectors(records: np.ndarray, track_index: np.ndarray, num_tracks: int)
 
 
 def evaluate_tracks(
-    query: np.ndarray, records: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_cams: np.ndarray, g_cams: np.ndarray
+    query: np.ndarray,
+    records: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_cams: np.ndarray,
+    g_cams: np.ndarray,
+    *,
+    scorer: TrackScorer | None = None,
+    sigma: float = 0.0,
 ) -> dict[str, float]:
-    """Rank-k / mAP of clean queries against the track means of (released) gallery records."""
+    """Rank-k / mAP of clean queries against the track means of (released) gallery records.
+
+    Without ``scorer``: cosine to each track's normalised mean. With one: its noise-aware
+    log-likelihood ratio (``models.evaluation.likelihood``), every record released at ``sigma``.
+    """
     index, t_pids, t_cams = group_tracks(g_pids, g_cams)
-    tracks = track_vectors(records, index, len(t_pids))
-    result = evaluate_rankings(cosine_distance(query, tracks), q_pids, t_pids, q_cams, t_cams)
+    if scorer is None:
+        distances = cosine_distance(query, track_vectors(records, index, len(t_pids)))
+    else:
+        counts = np.bincount(index, minlength=len(t_pids)).astype(np.float64)
+        sums = np.zeros((len(t_pids), records.shape[1]))
+        np.add.at(sums, index, records.astype(np.float64))
+        noise_var = track_noise_variance(np.full(len(index), sigma), index, len(t_pids))
+        distances = -scorer.scores(query, sums / counts[:, None], noise_var)
+    result = evaluate_rankings(distances, q_pids, t_pids, q_cams, t_cams)
     result["num_tracks"] = len(t_pids)
     result["mean_track_size"] = float(len(index) / len(t_pids))
     return result

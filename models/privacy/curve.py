@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 
 from models.evaluation import cosine_distance, evaluate_rankings
 from models.evaluation.attack import id_accuracy
+from models.evaluation.likelihood import TrackScorer, signed_features
 from models.evaluation.tracks import evaluate_tracks
 from models.markdown import replace_between_markers
 from models.privacy.mechanism import GaussianMechanism, PrivacyPolicy
@@ -31,10 +33,28 @@ log = logging.getLogger("reid.privacy_curve")
 DEFAULT_EPSILONS = [0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, math.inf]
 
 
-def release(features: np.ndarray, epsilon: float, delta: float, seed: int) -> tuple[np.ndarray, float]:
+@dataclass(frozen=True)
+class Scoring:
+    """What the service knows about its encoder's features: their domain (the sensitivity), whether they are
+    split-sign (per-record search and linkage compare the signed feature), the noise-aware track scorer."""
+
+    domain: str = "signed"
+    split_sign: bool = False
+    track_scorer: TrackScorer | None = None
+
+
+def release(features: np.ndarray, epsilon: float, delta: float, seed: int, domain: str = "signed") -> tuple[np.ndarray, float]:
     """One noise draw (seeded for a reproducible table; the service never passes a seed)."""
-    noisy, params = GaussianMechanism(seed=seed).release(torch.from_numpy(features), PrivacyPolicy(epsilon=epsilon, delta=delta))
+    policy = PrivacyPolicy(epsilon=epsilon, delta=delta, domain=domain)
+    noisy, params = GaussianMechanism(seed=seed).release(torch.from_numpy(features), policy)
     return noisy.numpy(), params.sigma
+
+
+def _signed(features: np.ndarray, scoring: Scoring) -> np.ndarray:
+    """The signed feature ``f⁺ − f⁻`` of split-sign features (what per-record search and linkage compare)."""
+    if not scoring.split_sign:
+        return features
+    return signed_features(features)
 
 
 def linkage_rank1(gallery: np.ndarray, pids: np.ndarray, cams: np.ndarray) -> float:
@@ -46,7 +66,10 @@ def linkage_rank1(gallery: np.ndarray, pids: np.ndarray, cams: np.ndarray) -> fl
 
 GROUPINGS = {
     "record": "clean queries against single released gallery records",
-    "track": "clean queries against the L2-normalised mean of each track's released records (a track: one identity in one camera)",
+    "track": (
+        "clean queries against the mean of each track's released records (a track: one identity in one camera), scored as the "
+        "service does: the encoder's noise-aware likelihood ratio on noisy records where it has one, else cosine to the normalised mean"
+    ),
 }
 
 
@@ -55,9 +78,20 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def curve_for(
-    features: dict[str, np.ndarray], epsilons: list[float], delta: float, draws: int, attack: bool, *, tracks: bool = False
+    features: dict[str, np.ndarray],
+    epsilons: list[float],
+    delta: float,
+    draws: int,
+    attack: bool,
+    *,
+    tracks: bool = False,
+    scoring: Scoring | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows per ε: ``grouping: record`` ones, then (``tracks``) ``grouping: track`` ones from the same noise draws."""
+    """Rows per ε: ``grouping: record`` ones, then (``tracks``) ``grouping: track`` ones from the same noise draws.
+
+    ``scoring`` makes the rows what the service does with that encoder (sensitivity of its domain, the signed
+    comparison of split-sign features, the noise-aware track scorer on noisy records)."""
+    scoring = scoring or Scoring()
     rows, track_rows = [], []
     for epsilon in epsilons:
         samples: dict[str, list[float]] = {"rank1": [], "rank5": [], "mAP": [], "id_acc_linear": [], "linkage_rank1": []}
@@ -65,17 +99,22 @@ def curve_for(
         track_shape: dict[str, float] = {}
         sigma = 0.0
         for draw in range(1 if math.isinf(epsilon) else draws):
-            noisy, sigma = release(features["gf"], epsilon, delta, seed=1000 + draw)
+            noisy, sigma = release(features["gf"], epsilon, delta, seed=1000 + draw, domain=scoring.domain)
+            query, signed_records = _signed(features["qf"], scoring), _signed(noisy, scoring)
             ranking = evaluate_rankings(
-                cosine_distance(features["qf"], noisy), features["q_pids"], features["g_pids"], features["q_cams"], features["g_cams"]
+                cosine_distance(query, signed_records), features["q_pids"], features["g_pids"], features["q_cams"], features["g_cams"]
             )
             for key in ("rank1", "rank5", "mAP"):
                 samples[key].append(ranking[key])
             if attack:
                 samples["id_acc_linear"].append(id_accuracy(noisy, features["g_pids"], features["qf"], features["q_pids"], kind="linear"))
-            samples["linkage_rank1"].append(linkage_rank1(noisy, features["g_pids"], features["g_cams"]))
+            samples["linkage_rank1"].append(linkage_rank1(signed_records, features["g_pids"], features["g_cams"]))
             if tracks:
-                grouped = evaluate_tracks(features["qf"], noisy, features["q_pids"], features["g_pids"], features["q_cams"], features["g_cams"])
+                labels = (features["q_pids"], features["g_pids"], features["q_cams"], features["g_cams"])
+                if scoring.track_scorer is not None and sigma > 0:
+                    grouped = evaluate_tracks(features["qf"], noisy, *labels, scorer=scoring.track_scorer, sigma=sigma)
+                else:
+                    grouped = evaluate_tracks(query, signed_records, *labels)
                 for key in track_samples:
                     track_samples[key].append(grouped[key])
                 track_shape = {"num_tracks": grouped["num_tracks"], "mean_track_size": grouped["mean_track_size"]}

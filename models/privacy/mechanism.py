@@ -1,7 +1,10 @@
 """The Gaussian mechanism that releases features into a gallery.
 
 Features are clipped to L2 norm C (they are L2-normalised already, so clipping is a
-guard), which bounds the change from replacing one crop by Δ = 2C. Noise N(0, σ²) is
+guard), which bounds the change from replacing one crop by Δ = 2C. In the ``nonnegative``
+domain (an encoder whose features have no negative coordinate, e.g. ``split_sign``) negative
+coordinates are first set to 0 — a guard again — and two such vectors of norm ≤ C are at most
+√2·C apart (their dot product is ≥ 0), so Δ = √2·C. Noise N(0, σ²) is
 drawn independently per dimension and per record from a cryptographically secure source
 (see :mod:`models.privacy.noise`: a ChaCha20 keystream under a fresh key from the operating
 system for every release, turned into Gaussians by Box–Muller in float64). Clipping, noise
@@ -23,6 +26,14 @@ from models.privacy.gaussian import gaussian_sigma
 from models.privacy.noise import NOISE_SOURCE, SEEDED_SOURCE, NoiseStream
 
 MECHANISM_NAME = "analytic-gaussian"
+DOMAINS = ("signed", "nonnegative")
+
+
+def sensitivity_for(domain: str, clip_norm: float = 1.0) -> float:
+    """L2 sensitivity of replacing one clipped feature: 2C, or √2·C in the non-negative orthant."""
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    return (math.sqrt(2.0) if domain == "nonnegative" else 2.0) * clip_norm
 
 
 @dataclass(frozen=True)
@@ -48,11 +59,12 @@ class NoiseParameters:
 
 @dataclass(frozen=True)
 class PrivacyPolicy:
-    """Per-record budget (ε, δ) and the clipping norm C; ε = inf means no noise."""
+    """Per-record budget (ε, δ), the clipping norm C and the features' domain; ε = inf means no noise."""
 
     epsilon: float
     delta: float = 1e-5
     clip_norm: float = 1.0
+    domain: str = "signed"
 
     def __post_init__(self) -> None:
         if not (self.epsilon > 0):
@@ -61,10 +73,11 @@ class PrivacyPolicy:
             raise ValueError("delta must be in (0, 1)")
         if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
             raise ValueError("clip_norm must be positive and finite")
+        sensitivity_for(self.domain)  # validates the domain
 
     @property
     def sensitivity(self) -> float:
-        return 2.0 * self.clip_norm
+        return sensitivity_for(self.domain, self.clip_norm)
 
     def parameters(self) -> NoiseParameters:
         sigma = gaussian_sigma(self.epsilon, self.delta, self.sensitivity)
@@ -113,12 +126,16 @@ class GaussianMechanism:
         return NoiseStream.from_seed(self._seed, index)
 
     def release(self, features: torch.Tensor, policy: PrivacyPolicy) -> tuple[torch.Tensor, NoiseParameters]:
-        """Clip each row to C and add independent N(0, σ²) noise to every coordinate (float64, cast to float32)."""
+        """Clip each row to C (after zeroing negative coordinates in the non-negative domain) and add independent
+        N(0, σ²) noise to every coordinate (float64, cast to float32)."""
         if features.ndim != 2:
             raise ValueError("features must be a [N, D] batch")
         params = policy.parameters()
         if self._seed is not None:
             params = dataclasses_replace(params, library=params.library.replace(NOISE_SOURCE, SEEDED_SOURCE))
-        clipped = clip_rows(features.detach().to("cpu", torch.float64), policy.clip_norm).numpy()
+        rows = features.detach().to("cpu", torch.float64)
+        if policy.domain == "nonnegative":
+            rows = rows.clamp_min(0.0)
+        clipped = clip_rows(rows, policy.clip_norm).numpy()
         released = clipped if params.sigma == 0 else clipped + params.sigma * self._stream().gaussian(clipped.shape)
         return torch.from_numpy(released.astype(np.float32)).to(features.device), params

@@ -1,0 +1,109 @@
+"""Noise-aware track scoring: a log-likelihood ratio under a two-covariance Gaussian model.
+
+A track's released records are its people's unit features plus independent N(0, σ²I) noise; the
+search averages them. Cosine ranking treats every track mean alike, whatever its noise and
+however features are distributed. This scorer uses what is public instead: each record's σ
+(stored beside it) and the distribution of features, fitted on the public training split —
+identity means ``μ ~ N(m, B)``, a person's features ``μ + w`` with ``w ~ N(0, W)``. For a clean
+query ``q`` and a track mean ``ȳ`` whose noise has variance ``s²`` per coordinate, the score is
+
+    log p(ȳ | same person as q) − log p(ȳ | someone else)
+
+with ``ȳ | same ~ N(m + A(q − m), B + W + s²I − AB)``, ``A = B(B + W)⁻¹``, and
+``ȳ | other ~ N(m, B + W + s²I)``. It needs only released records, their σ and public data:
+post-processing, so it costs no privacy. Higher is better; it is not a cosine and has no fixed
+range (0 means "as likely the same person as not" under the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RIDGE = 1e-6  # added to covariance diagonals so that they stay invertible
+
+
+@dataclass(frozen=True)
+class TrackScorer:
+    """Mean ``m`` and between/within-identity covariances ``B``, ``W`` of unit features (float64)."""
+
+    mean: np.ndarray
+    between: np.ndarray
+    within: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray) -> TrackScorer:
+        """Fit on emitted (unit) features of the public training split with their identity labels."""
+        features = np.asarray(features, dtype=np.float64)
+        classes, index = np.unique(np.asarray(labels), return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError("at least two identities are needed")
+        means = np.zeros((len(classes), features.shape[1]))
+        np.add.at(means, index, features)
+        means /= np.bincount(index).astype(np.float64)[:, None]
+        centre = features.mean(axis=0)
+        within = features - means[index]
+        between = means - centre
+        return cls(centre, between.T @ between / len(classes), within.T @ within / len(features))
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "between": self.between, "within": self.within}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> TrackScorer:
+        return cls(*(np.asarray(arrays[k], dtype=np.float64) for k in ("mean", "between", "within")))
+
+    def scores(self, queries: np.ndarray, track_means: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
+        """``[Q, T]`` log-likelihood ratios of clean ``queries`` against ``track_means`` (the plain mean of each
+        track's released records) whose per-coordinate noise variance is ``noise_var`` (``Σσᵢ²/n²``)."""
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float64)) - self.mean
+        y = np.atleast_2d(np.asarray(track_means, dtype=np.float64)) - self.mean
+        noise_var = np.asarray(noise_var, dtype=np.float64).reshape(-1)
+        if q.shape[1] != self.dim or y.shape[1] != self.dim:
+            raise ValueError(f"features must have {self.dim} coordinates")
+        if noise_var.shape[0] != y.shape[0] or (noise_var < 0).any():
+            raise ValueError("noise_var needs one non-negative value per track")
+        eye = np.eye(self.dim)
+        total_clean = self.between + self.within + RIDGE * eye
+        gain = self.between @ np.linalg.inv(total_clean)  # A
+        expected = q @ gain.T  # E[ȳ − m | same person] for each query
+        out = np.empty((q.shape[0], y.shape[0]))
+        levels, group = np.unique(np.round(noise_var, 12), return_inverse=True)
+        for g, s2 in enumerate(levels):
+            cols = np.flatnonzero(group == g)
+            total = total_clean + s2 * eye
+            conditional = total - gain @ self.between
+            c_inv, t_inv = np.linalg.inv(conditional), np.linalg.inv(total)
+            log_det = 0.5 * (np.linalg.slogdet(total)[1] - np.linalg.slogdet(conditional)[1])
+            yg = y[cols]
+            track_terms = 0.5 * np.einsum("ij,jk,ik->i", yg, t_inv - c_inv, yg)
+            query_terms = -0.5 * np.einsum("ij,jk,ik->i", expected, c_inv, expected)
+            out[:, cols] = (expected @ c_inv) @ yg.T + track_terms[None, :] + query_terms[:, None] + log_det
+        return out
+
+
+def signed_query(features: np.ndarray) -> np.ndarray:
+    """For split-sign features ``[f⁺, f⁻]``: the vector ``[f, −f]`` (``f = f⁺ − f⁻``), whose inner product with a
+    record ``[r⁺, r⁻]`` is ``f·(r⁺ − r⁻)`` — the signed feature's cosine, which per-record search keeps."""
+    half = features.shape[-1] // 2
+    signed = features[..., :half] - features[..., half:]
+    return np.concatenate([signed, -signed], axis=-1)
+
+
+def signed_features(features: np.ndarray) -> np.ndarray:
+    """``f = f⁺ − f⁻`` of split-sign features ``[f⁺, f⁻]`` (what per-record search compares)."""
+    half = features.shape[-1] // 2
+    return features[..., :half] - features[..., half:]
+
+
+def track_noise_variance(sigmas: np.ndarray, track_index: np.ndarray, num_tracks: int) -> np.ndarray:
+    """Per-coordinate noise variance of each track's plain mean: Σσᵢ²/n² over its records."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    sums = np.bincount(track_index, weights=sigmas**2, minlength=num_tracks)
+    counts = np.bincount(track_index, minlength=num_tracks).astype(np.float64)
+    return sums / np.maximum(counts, 1.0) ** 2
