@@ -144,6 +144,9 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
         mechanism=GaussianMechanism(),
         encoder=EncoderIdentity(embedder.sha256 or "untrained", embedder.embedding_dim),
         change_log_days=settings.change_log_days,
+        feature_domain=embedder.feature_domain,
+        split_sign=embedder.split_sign,
+        track_scorer=embedder.track_scorer,
     )
     return AppState(
         settings=settings,

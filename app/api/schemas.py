@@ -265,9 +265,16 @@ _GROUP_HIT_EXAMPLE: dict[str, Any] = {
 
 
 class GroupHitBase(BaseModel):
-    """One group (a track or a subject): its records' released features averaged, L2-normalised, then matched."""
+    """One group (a track or a subject): its records' released features averaged, then matched."""
 
-    score: float = Field(description="cosine of the query to the normalised mean of the group's records that pass the filters")
+    score: float = Field(
+        description=(
+            "higher is better. With noisy records and an encoder that carries a noise-aware scorer (the default): the "
+            "log-likelihood ratio 'same person as the query vs someone else' of the mean of the group's records that pass "
+            "the filters, given its noise (no fixed range; > 0 favours a match). Otherwise: the cosine of the query to "
+            "that mean, normalised. min_score compares against this value"
+        )
+    )
     item_ids: list[int] = Field(description="the records averaged into this hit, ascending")
     cameras: list[str] = Field(description="the cameras of those records, sorted")
     first_seen: UtcDatetime = Field(description="earliest captured_at of those records")
@@ -603,6 +610,12 @@ class ModelOut(BaseModel):
         default_factory=list,
         description="tenants whose gallery was enrolled with another encoder: their searches answer 409 model_mismatch until the gallery is "
         "erased and enrolled again, or the matching checkpoint is served",
+    )
+    feature_domain: Literal["signed", "nonnegative"] = Field(
+        "signed", description="where the features lie: 'nonnegative' releases with sensitivity √2·C instead of 2·C (less noise at the same ε)"
+    )
+    track_scoring: Literal["likelihood", "cosine"] = Field(
+        "cosine", description="how grouped search scores noisy groups: the checkpoint's noise-aware likelihood ratio, or cosine"
     )
 
 

@@ -26,6 +26,7 @@ from app.db.tables import GalleryChange, GalleryHead, GalleryItem, PrivacyPolicy
 from app.index.faiss_store import IndexRegistry, TenantIndex
 from app.services.groups import GroupBy, GroupFilters, GroupHit, GroupSearch
 from app.services.privacy import BudgetCheck, TenantPolicy, release_mu_squared
+from models.evaluation.likelihood import TrackScorer, signed_query
 from models.privacy.mechanism import GaussianMechanism, NoiseParameters
 
 log = logging.getLogger("reid.gallery")
@@ -94,7 +95,7 @@ class EncoderIdentity:
         return f"{'an untrained fallback encoder' if self.sha256 == UNTRAINED else 'checkpoint sha256 ' + self.sha256[:12]}, {self.dim}-d"
 
 
-def load_policy(session: Session, tenant_id: int) -> TenantPolicy:
+def load_policy(session: Session, tenant_id: int, domain: str = "signed") -> TenantPolicy:
     row = session.get(PrivacyPolicyRow, tenant_id)
     if row is None:
         raise Conflict(
@@ -106,6 +107,7 @@ def load_policy(session: Session, tenant_id: int) -> TenantPolicy:
         clip_norm=row.clip_norm,
         subject_epsilon=row.subject_epsilon,
         subject_delta=row.subject_delta,
+        domain=domain,
     )
 
 
@@ -122,6 +124,9 @@ class GalleryService:
     locks: TenantWriteLocks = field(init=False)
     mismatched: dict[int, EncoderIdentity] = field(default_factory=dict)  # tenants whose gallery another encoder made
     groups: GroupSearch = field(default_factory=GroupSearch)  # grouped search's record cache (app/services/groups.py)
+    feature_domain: str = "signed"  # the encoder's: "nonnegative" releases with sensitivity √2·C
+    split_sign: bool = False  # features are [f⁺, f⁻]: per-record search queries with [f, −f] (the signed cosine)
+    track_scorer: TrackScorer | None = None  # noise-aware scoring of grouped search (None: cosine)
 
     def __post_init__(self) -> None:
         self.locks = TenantWriteLocks(self.engine)
@@ -159,7 +164,7 @@ class GalleryService:
 
         The write transaction checks all of it again (another request may have spent the budget meanwhile)."""
         with self.sessions() as session:
-            policy = load_policy(session, tenant_id)
+            policy = load_policy(session, tenant_id, self.feature_domain)
             head = session.get(GalleryHead, tenant_id)
             if head is not None and not self._note_head(tenant_id, head.encoder_sha256, head.encoder_dim):
                 raise self._mismatch(tenant_id, self.mismatched[tenant_id])
@@ -178,7 +183,7 @@ class GalleryService:
     def enroll(self, tenant_id: int, items: list[ItemInput], features: np.ndarray) -> EnrollResult:
         """Charge budgets, add noise, commit items and their change-log rows, then apply them to this replica's index."""
         with self.sessions() as session, self.locks.hold(session, tenant_id):
-            policy = load_policy(session, tenant_id)
+            policy = load_policy(session, tenant_id, self.feature_domain)
             params = policy.record_policy.parameters()
             head = self._head(session, tenant_id)
             if head.encoder_sha256 is not None and (head.encoder_sha256, head.encoder_dim) != (self.encoder.sha256, self.encoder.dim):
@@ -257,7 +262,8 @@ class GalleryService:
             only_ids = self._matching_ids(tenant_id, filters)
             if only_ids.size == 0:
                 return []
-        scores, ids = index.search(query.reshape(1, -1), k, only_ids)
+        vector = signed_query(query.reshape(1, -1)) if self.split_sign else query.reshape(1, -1)
+        scores, ids = index.search(vector, k, only_ids)
         pairs = []
         for item_id, score in zip(ids[0], scores[0], strict=True):
             if item_id < 0 or (filters.min_score is not None and score < filters.min_score):
@@ -275,7 +281,7 @@ class GalleryService:
             min_score=filters.min_score,
             subject_ref=filters.subject_ref,
         )
-        return self.groups.search(self.sessions, tenant_id, group_by, query, k, group_filters)
+        return self.groups.search(self.sessions, tenant_id, group_by, query, k, group_filters, scorer=self.track_scorer, split_sign=self.split_sign)
 
     def _matching_ids(self, tenant_id: int, f: SearchFilters) -> np.ndarray:
         query = select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id)

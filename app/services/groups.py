@@ -1,9 +1,12 @@
 """Grouped search (``group_by=track_ref|subject_ref``): hits are tracks or subjects, not single records.
 
-The released (noisy) features of one group's records are averaged and the mean is L2-normalised; a query's score
-against a group is the cosine to that centroid. Averaging released records is post-processing: it costs no privacy,
-and the noise in a mean of n records has 1/√n of a record's standard deviation (``models/evaluation/tracks.py`` is
-the offline counterpart). Filters (cameras, capture time, subject) select the records that go into each centroid;
+The released (noisy) features of one group's records are averaged. With the encoder's noise-aware scorer
+(``models.evaluation.likelihood``, fitted on the public training split) and noisy records, a query's score against a
+group is the log-likelihood ratio "same person vs someone else" given the mean and its noise variance (Σσᵢ²/n² from
+the records' stored σ); otherwise (no scorer, or no noise in any candidate group) it is the cosine to the normalised
+mean (of the signed features, for split-sign encoders). Averaging released records and scoring them is
+post-processing: it costs no privacy, and the noise in a mean of n records has 1/√n of a record's standard deviation
+(``models/evaluation/tracks.py`` is the offline counterpart). Filters (cameras, capture time, subject) select the records that go into each centroid;
 ``min_score`` applies to the group's score. A group none of whose records pass the filters is not a hit.
 
 SQL stays the truth: every search reads the ids of the tenant's grouped records (the id column only), drops cached
@@ -23,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.tables import GalleryItem
+from models.evaluation.likelihood import TrackScorer
 
 GroupBy = Literal["track_ref", "subject_ref"]
 GROUP_KEYS: tuple[GroupBy, ...] = ("track_ref", "subject_ref")
@@ -70,6 +74,7 @@ class _Records:
     subjects: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     cameras: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     times: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # µs since the epoch
+    sigmas: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))  # each record's noise σ
     features: np.ndarray | None = None  # [N, D] float32, the released (noisy) features as stored
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -82,12 +87,20 @@ class _Records:
         keep = np.isin(self.ids, current)
         if not keep.all():
             self.ids, self.keys, self.subjects = self.ids[keep], self.keys[keep], self.subjects[keep]
-            self.cameras, self.times = self.cameras[keep], self.times[keep]
+            self.cameras, self.times, self.sigmas = self.cameras[keep], self.times[keep], self.sigmas[keep]
             self.features = None if self.features is None or not keep.any() else self.features[keep]
         missing = np.setdiff1d(current, self.ids, assume_unique=True)
         if missing.size == 0:
             return
-        columns = (GalleryItem.id, column, GalleryItem.subject_ref, GalleryItem.camera_id, GalleryItem.captured_at, GalleryItem.feature)
+        columns = (
+            GalleryItem.id,
+            column,
+            GalleryItem.subject_ref,
+            GalleryItem.camera_id,
+            GalleryItem.captured_at,
+            GalleryItem.feature,
+            GalleryItem.sigma,
+        )
         rows: list[Any] = []
         for start in range(0, missing.size, _CHUNK):
             chunk = [int(i) for i in missing[start : start + _CHUNK]]
@@ -103,6 +116,7 @@ class _Records:
         self.subjects = np.concatenate([self.subjects, np.array([r[2] for r in rows], dtype=object)])
         self.cameras = np.concatenate([self.cameras, np.array([r[3] for r in rows], dtype=object)])
         self.times = np.concatenate([self.times, np.array([_micros(r[4]) for r in rows], dtype=np.int64)])
+        self.sigmas = np.concatenate([self.sigmas, np.array([r[6] for r in rows], dtype=np.float64)])
         self.features = features if self.features is None else np.concatenate([self.features, features])
 
 
@@ -123,7 +137,16 @@ class GroupSearch:
                 del self._records[key]
 
     def search(
-        self, sessions: sessionmaker[Session], tenant_id: int, group_by: GroupBy, query: np.ndarray, k: int, filters: GroupFilters
+        self,
+        sessions: sessionmaker[Session],
+        tenant_id: int,
+        group_by: GroupBy,
+        query: np.ndarray,
+        k: int,
+        filters: GroupFilters,
+        *,
+        scorer: TrackScorer | None = None,
+        split_sign: bool = False,
     ) -> list[GroupHit]:
         if group_by not in GROUP_KEYS:
             raise ValueError(f"group_by must be one of {GROUP_KEYS}")
@@ -132,6 +155,7 @@ class GroupSearch:
             with sessions() as session:
                 entry.sync(session, tenant_id, group_by)
             ids, keys, subjects, cameras, times, features = entry.ids, entry.keys, entry.subjects, entry.cameras, entry.times, entry.features
+            sigmas = entry.sigmas
         if features is None or ids.size == 0:
             return []
         mask = np.ones(ids.size, dtype=bool)
@@ -145,15 +169,12 @@ class GroupSearch:
             mask &= times <= _micros(filters.captured_to)
         if not mask.any():
             return []
-        ids, keys, cameras, times, features = ids[mask], keys[mask], cameras[mask], times[mask], features[mask]
+        ids, keys, cameras, times, features, sigmas = ids[mask], keys[mask], cameras[mask], times[mask], features[mask], sigmas[mask]
         group_names, inverse = np.unique(keys.astype(str), return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
         sums = np.add.reduceat(features[order].astype(np.float64), starts, axis=0)
-        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        q = np.asarray(query, dtype=np.float64).reshape(-1)
-        q = q / max(float(np.linalg.norm(q)), 1e-12)
-        scores = centroids @ q
+        scores = _group_scores(np.asarray(query, dtype=np.float64).reshape(-1), sums, order, starts, sigmas, scorer, split_sign)
         candidates = np.arange(len(group_names))
         if filters.min_score is not None:
             candidates = candidates[scores >= filters.min_score]
@@ -177,3 +198,25 @@ class GroupSearch:
                 )
             )
         return hits
+
+
+def _group_scores(
+    query: np.ndarray,
+    sums: np.ndarray,
+    order: np.ndarray,
+    starts: np.ndarray,
+    sigmas: np.ndarray,
+    scorer: TrackScorer | None,
+    split_sign: bool,
+) -> np.ndarray:
+    """One score per group: the scorer's log-likelihood ratio when there is one and any group is noisy, else the cosine."""
+    counts = np.diff(np.r_[starts, order.size]).astype(np.float64)
+    if scorer is not None and scorer.dim == sums.shape[1]:
+        noise_var = np.add.reduceat(sigmas[order] ** 2, starts) / counts**2
+        if noise_var.max() > 0:
+            return scorer.scores(query, sums / counts[:, None], noise_var)[0]
+    if split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
+        half = query.size // 2
+        query, sums = query[:half] - query[half:], sums[:, :half] - sums[:, half:]
+    centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return centroids @ (query / max(float(np.linalg.norm(query)), 1e-12))

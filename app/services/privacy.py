@@ -18,10 +18,11 @@ class TenantPolicy:
     clip_norm: float = 1.0
     subject_epsilon: float | None = None
     subject_delta: float | None = None
+    domain: str = "signed"  # the serving encoder's feature domain (sets the sensitivity: 2C or √2·C)
 
     @property
     def record_policy(self) -> PrivacyPolicy:
-        return PrivacyPolicy(epsilon=self.epsilon, delta=self.delta, clip_norm=self.clip_norm)
+        return PrivacyPolicy(epsilon=self.epsilon, delta=self.delta, clip_norm=self.clip_norm, domain=self.domain)
 
     @property
     def has_subject_budget(self) -> bool:

@@ -156,3 +156,49 @@ def test_a_query_track_searches_with_the_normalised_mean_of_its_crops(client):
     too_many = [("image", (f"q{i}.jpg", jpeg_bytes(i), "image/jpeg")) for i in range(17)]
     refused = client.post("/v1/search", files=too_many, data={"k": "5"}, headers=headers)
     assert refused.status_code == 413 and "query-track limit of 16" in refused.json()["error"]["message"]
+
+
+def test_a_split_sign_encoder_releases_at_sensitivity_root_two_and_scores_tracks_by_likelihood(settings):
+    """Non-negative features: records carry Δ = √2 and its σ; per-record search compares the signed feature; grouped
+    search scores each track by the encoder's likelihood ratio, recomputed here from the stored records."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from app.db.tables import GalleryItem
+    from app.main import create_app
+    from app.services.images import ImageLimits, decode_crop
+    from models.checkpoint import Embedder
+    from models.encoder import ReIDEncoder
+    from models.evaluation.likelihood import TrackScorer, signed_query
+    from models.privacy import gaussian_sigma
+    from tests.conftest import jpeg_bytes
+
+    torch.manual_seed(1)
+    model = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=16, split_sign=True).eval().requires_grad_(False)
+    dim = model.feature_dim
+    scorer = TrackScorer(np.full(dim, 0.1), 0.6 / dim * np.eye(dim), 0.4 / dim * np.eye(dim))
+    meta = {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "name": "split-sign-test", "split_sign": True}
+    embedder = Embedder(model=model, device=torch.device("cpu"), input_size=(64, 32), metadata=meta, untrained=True, track_scorer=scorer)
+    with TestClient(create_app(settings, embedder=embedder)) as client:
+        key, _ = _setup(client, epsilon=8.0)
+        tenant_privacy = client.get("/v1/admin/tenants", headers=ADMIN).json()[0]["privacy"]
+        sigma = gaussian_sigma(8.0, 1e-5, math.sqrt(2))
+        assert math.isclose(tenant_privacy["sensitivity"], math.sqrt(2)) and math.isclose(tenant_privacy["sigma"], sigma)
+        with client.app.state.reid.sessions() as session:
+            stored = session.query(GalleryItem).all()
+            rows = {r.id: np.frombuffer(r.feature, dtype="<f4").astype(np.float64) for r in stored}
+            assert all(math.isclose(r.sensitivity, math.sqrt(2)) and math.isclose(r.sigma, sigma) for r in stored)
+        limits = ImageLimits(max_bytes=10**7, max_pixels=10**8)
+        crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=limits, size=(64, 32))
+        query = embedder.embed(torch.stack([crop]))[0].astype(np.float64)
+        assert (query >= 0).all()
+        for hit in search(client, key, 2, k=10).json()["hits"]:
+            record = rows[hit["id"]] / np.linalg.norm(rows[hit["id"]])  # the index holds unit-length copies
+            assert math.isclose(hit["score"], float(signed_query(query) @ record), abs_tol=1e-4)
+        hits = search(client, key, 2, k=10, group_by="track_ref").json()["hits"]
+        assert {h["track_ref"] for h in hits} == {"tA", "tB", "tC"}
+        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+        for hit in hits:
+            mean = np.mean([rows[i] for i in hit["item_ids"]], axis=0)
+            expected = scorer.scores(query, mean[None], np.array([sigma**2 / len(hit["item_ids"])]))[0, 0]
+            assert math.isclose(hit["score"], expected, rel_tol=1e-6, abs_tol=1e-6)

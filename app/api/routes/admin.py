@@ -39,6 +39,7 @@ from app.db.tables import ApiKey, AuditEntry, GalleryItem, PrivacyPolicyRow, Ten
 from app.index.faiss_store import IndexRegistry
 from app.services.calibration import expected_utility
 from models.privacy import gaussian_sigma
+from models.privacy.mechanism import sensitivity_for
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -51,9 +52,10 @@ def audit(session: Session, actor: str, action: str, tenant_id: int | None, deta
     session.add(AuditEntry(actor=actor, action=action, tenant_id=tenant_id, details=details))
 
 
-def policy_out(row: PrivacyPolicyRow) -> PolicyOut:
+def policy_out(row: PrivacyPolicyRow, domain: str) -> PolicyOut:
+    """The policy as new records will be released: the sensitivity follows the serving encoder's feature domain."""
     epsilon = math.inf if row.epsilon is None else row.epsilon
-    sensitivity = 2 * row.clip_norm
+    sensitivity = sensitivity_for(domain, row.clip_norm)
     return PolicyOut(
         epsilon=epsilon_out(row.epsilon),
         delta=row.delta,
@@ -81,7 +83,7 @@ def _policy(session: Session, tenant_id: int) -> PrivacyPolicyRow:
     return row
 
 
-def tenant_out(session: Session, tenant: Tenant, indexes: IndexRegistry) -> TenantOut:
+def tenant_out(session: Session, tenant: Tenant, indexes: IndexRegistry, domain: str) -> TenantOut:
     size = session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.tenant_id == tenant.id)) or 0
     policy = session.get(PrivacyPolicyRow, tenant.id)
     return TenantOut(
@@ -91,7 +93,7 @@ def tenant_out(session: Session, tenant: Tenant, indexes: IndexRegistry) -> Tena
         created_at=tenant.created_at,
         gallery_size=int(size),
         index_size=indexes.get(tenant.id).size,
-        privacy=policy_out(policy) if policy is not None else None,
+        privacy=policy_out(policy, domain) if policy is not None else None,
     )
 
 
@@ -111,18 +113,18 @@ def create_tenant(body: TenantIn, request: Request, session: SessionDep, actor: 
         )
     audit(session, actor, "tenant.create", tenant.id, {"name": body.name, "retention_days": body.retention_days})
     session.commit()
-    return tenant_out(session, tenant, get_state(request).indexes)
+    return tenant_out(session, tenant, get_state(request).indexes, get_state(request).gallery.feature_domain)
 
 
 @router.get("/tenants", response_model=list[TenantOut], responses=errors(*ADMIN_AUTH))
 def list_tenants(request: Request, session: SessionDep, _: AdminDep) -> list[TenantOut]:
-    indexes = get_state(request).indexes
-    return [tenant_out(session, t, indexes) for t in session.scalars(select(Tenant).order_by(Tenant.id)).all()]
+    state = get_state(request)
+    return [tenant_out(session, t, state.indexes, state.gallery.feature_domain) for t in session.scalars(select(Tenant).order_by(Tenant.id)).all()]
 
 
 @router.get("/tenants/{tenant_id}", response_model=TenantOut, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound))
 def get_tenant(tenant_id: TenantId, request: Request, session: SessionDep, _: AdminDep) -> TenantOut:
-    return tenant_out(session, _tenant(session, tenant_id), get_state(request).indexes)
+    return tenant_out(session, _tenant(session, tenant_id), get_state(request).indexes, get_state(request).gallery.feature_domain)
 
 
 @router.patch("/tenants/{tenant_id}", response_model=TenantOut, responses=errors(*ADMIN_AUTH, *JSON_BODY, NotFound, Conflict))
@@ -137,7 +139,7 @@ def update_tenant(tenant_id: TenantId, body: TenantPatch, request: Request, sess
     except IntegrityError:
         session.rollback()
         raise Conflict(f"a tenant named {body.name!r} already exists") from None
-    return tenant_out(session, tenant, get_state(request).indexes)
+    return tenant_out(session, tenant, get_state(request).indexes, get_state(request).gallery.feature_domain)
 
 
 @router.delete("/tenants/{tenant_id}", response_model=TenantDeleted, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound))
@@ -192,9 +194,9 @@ def revoke_key(tenant_id: TenantId, key_id: KeyId, session: SessionDep, actor: A
 
 
 @router.get("/tenants/{tenant_id}/privacy", response_model=PolicyOut, responses=errors(*ADMIN_AUTH, *PARAMS, NotFound, Conflict))
-def get_privacy(tenant_id: TenantId, session: SessionDep, _: AdminDep) -> PolicyOut:
+def get_privacy(tenant_id: TenantId, request: Request, session: SessionDep, _: AdminDep) -> PolicyOut:
     _tenant(session, tenant_id)
-    return policy_out(_policy(session, tenant_id))
+    return policy_out(_policy(session, tenant_id), get_state(request).gallery.feature_domain)
 
 
 @router.put("/tenants/{tenant_id}/privacy", response_model=PolicyOut, responses=errors(*ADMIN_AUTH, *JSON_BODY, NotFound))
@@ -205,7 +207,8 @@ def set_privacy(tenant_id: TenantId, body: PolicyIn, request: Request, session: 
         raise InvalidInput("subject_delta needs subject_epsilon")
     row = session.get(PrivacyPolicyRow, tenant_id)
     settings = get_state(request).settings
-    before = policy_out(row).model_dump(include={"epsilon", "delta", "subject_epsilon", "subject_delta"}) if row else None
+    domain = get_state(request).gallery.feature_domain
+    before = policy_out(row, domain).model_dump(include={"epsilon", "delta", "subject_epsilon", "subject_delta"}) if row else None
     if row is None:
         row = PrivacyPolicyRow(tenant_id=tenant_id, clip_norm=settings.clip_norm)
         session.add(row)
@@ -213,7 +216,7 @@ def set_privacy(tenant_id: TenantId, body: PolicyIn, request: Request, session: 
     row.delta = body.delta
     row.subject_epsilon = body.subject_epsilon
     row.subject_delta = body.subject_delta
-    after = policy_out(row)
+    after = policy_out(row, domain)
     fields = {"epsilon", "delta", "subject_epsilon", "subject_delta", "sigma"}
     audit(session, actor, "privacy.update", tenant_id, {"before": before, "after": after.model_dump(include=fields)})
     session.commit()

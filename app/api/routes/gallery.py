@@ -168,10 +168,11 @@ Several `image` parts (up to `REID_MAX_QUERY_CROPS`, default 16) are one query t
 features are averaged and L2-normalised into one query (steadier than any single crop).
 
 Without `group_by` the hits are single records, best first. With `group_by=track_ref` (or `subject_ref`) the hits are
-tracks (subjects): the released features of each group's records that pass the filters are averaged and L2-normalised
-(post-processing: no privacy cost; the noise of a mean of n records is 1/sqrt(n) of one record's), and each hit gives
-the group's score, item ids, cameras and time span. Records without that reference are not part of grouped search.
-`min_score` applies to the hit's score in both modes."""
+tracks (subjects): the released features of each group's records that pass the filters are averaged (post-processing:
+no privacy cost; the noise of a mean of n records is 1/sqrt(n) of one record's) and scored — by the encoder's
+noise-aware log-likelihood ratio when it has one and the records are noisy, else by cosine to the normalised mean — and
+each hit gives the group's score, item ids, cameras and time span. Records without that reference are not part of
+grouped search. `min_score` applies to the hit's score in both modes."""
 GROUP_BY_SCHEMA = {"type": "string", "enum": ["track_ref", "subject_ref"]}
 
 
@@ -194,7 +195,9 @@ async def search(
     ] = None,
     captured_from: Annotated[Timestamp | None, Form(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
     captured_to: Annotated[Timestamp | None, Form(description="RFC 3339 with a timezone"), optional(TIMESTAMP_SCHEMA)] = None,
-    min_score: Annotated[FiniteFloat | None, Form(ge=-1.0, le=1.0), optional({"type": "number", "minimum": -1.0, "maximum": 1.0})] = None,
+    min_score: Annotated[
+        FiniteFloat | None, Form(description="drop hits scoring below this (see the hit's score)"), optional({"type": "number"})
+    ] = None,
     subject_ref: Annotated[Identifier | None, Form(), optional(IDENTIFIER_SCHEMA)] = None,
     group_by: Annotated[
         Literal["track_ref", "subject_ref"] | None,

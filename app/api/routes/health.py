@@ -105,4 +105,6 @@ def model_info(request: Request) -> ModelOut:
         untrained_fallback=embedder.untrained,
         metrics=meta.get("metrics"),
         model_mismatch_tenants=sorted(state.gallery.mismatched),
+        feature_domain=state.gallery.feature_domain,
+        track_scoring="likelihood" if state.gallery.track_scorer is not None else "cosine",
     )
