@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from models.privacy import gaussian_sigma
+from models.privacy.mechanism import sensitivity_for
 
 
 def calibration_path(checkpoint: Path | None) -> Path | None:
@@ -26,11 +27,16 @@ def load_calibration(checkpoint: Path | None) -> dict[str, Any] | None:
 RECORD_NOTE = "expected search quality of clean queries against a gallery noised at each epsilon, measured offline on the calibration split"
 GROUPINGS = {
     "record": "per-record search: clean queries against single released records",
-    "track": "track search (group_by=track_ref): clean queries against the normalised mean of each track's released records",
+    "track": (
+        "track search (group_by=track_ref): clean queries against the mean of each track's released records, scored as the "
+        "service scores them (the encoder's noise-aware likelihood ratio where it has one, else cosine)"
+    ),
 }
 
 
-def _points(rows: list[dict[str, Any]], epsilons: list[float] | None, *, delta: float, clip_norm: float, grouping: str) -> dict[str, Any]:
+def _points(
+    rows: list[dict[str, Any]], epsilons: list[float] | None, *, delta: float, clip_norm: float, grouping: str, domain: str
+) -> dict[str, Any]:
     """Per candidate ε: σ, and the measured figures of ``rows`` interpolated in log ε (nothing outside their range)."""
     points = sorted((p for p in rows if p["epsilon"] != "inf"), key=lambda p: float(p["epsilon"]))
     clean = next((p for p in rows if p["epsilon"] == "inf"), None)
@@ -45,7 +51,7 @@ def _points(rows: list[dict[str, Any]], epsilons: list[float] | None, *, delta: 
                 "epsilon": eps,
                 "grouping": grouping,
                 "delta": delta,
-                "sigma": gaussian_sigma(eps, delta, 2 * clip_norm),
+                "sigma": gaussian_sigma(eps, delta, sensitivity_for(domain, clip_norm)),
                 "within_calibration": inside,
                 "interpolated": inside and not any(math.isclose(eps, float(p["epsilon"])) for p in points),
                 "rank1": figures.pop("rank1", None),
@@ -60,8 +66,11 @@ def _points(rows: list[dict[str, Any]], epsilons: list[float] | None, *, delta: 
     }
 
 
-def expected_utility(calibration: dict[str, Any] | None, epsilons: list[float] | None, *, delta: float, clip_norm: float) -> dict[str, Any]:
-    """Per candidate ε: σ, and the measured figures interpolated (in log ε) between calibration points.
+def expected_utility(
+    calibration: dict[str, Any] | None, epsilons: list[float] | None, *, delta: float, clip_norm: float, domain: str = "signed"
+) -> dict[str, Any]:
+    """Per candidate ε: σ (for the serving encoder's feature ``domain``), and the measured figures interpolated (in log ε)
+    between calibration points.
 
     Outside the calibrated ε range nothing is extrapolated: the figures are null and ``within_calibration`` is false.
     Figures other than rank-1 and mAP that the calibration file holds (e.g. attack success) are passed on in ``extra``.
@@ -72,8 +81,8 @@ def expected_utility(calibration: dict[str, Any] | None, epsilons: list[float] |
         return {"available": False, "reason": "no calibration file beside the encoder checkpoint", "points": [], "track_points": []}
     record_rows = [p for p in calibration["points"] if p.get("grouping", "record") == "record"]
     track_rows = [p for p in calibration.get("track_points", []) if p.get("grouping", "track") == "track"]
-    record = _points(record_rows, epsilons, delta=delta, clip_norm=clip_norm, grouping="record")
-    track = _points(track_rows, epsilons, delta=delta, clip_norm=clip_norm, grouping="track") if track_rows else None
+    record = _points(record_rows, epsilons, delta=delta, clip_norm=clip_norm, grouping="record", domain=domain)
+    track = _points(track_rows, epsilons, delta=delta, clip_norm=clip_norm, grouping="track", domain=domain) if track_rows else None
     return {
         "available": True,
         "calibrated_delta": calibration.get("delta"),

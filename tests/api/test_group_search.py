@@ -184,6 +184,12 @@ def test_a_split_sign_encoder_releases_at_sensitivity_root_two_and_scores_tracks
         tenant_privacy = client.get("/v1/admin/tenants", headers=ADMIN).json()[0]["privacy"]
         sigma = gaussian_sigma(8.0, 1e-5, math.sqrt(2))
         assert math.isclose(tenant_privacy["sensitivity"], math.sqrt(2)) and math.isclose(tenant_privacy["sigma"], sigma)
+        figures = {"rank1": {"mean": 0.1}, "mAP": {"mean": 0.1}}
+        client.app.state.reid.calibration = {"delta": 1e-5, "points": [{"epsilon": e, **figures} for e in (1.0, 100.0, "inf")]}
+        tradeoff = client.get("/v1/admin/tenants/1/privacy/tradeoff", params={"epsilon": 8.0}, headers=ADMIN).json()
+        assert math.isclose(tradeoff["points"][0]["sigma"], sigma)
+        model = client.get("/v1/model").json()
+        assert model["feature_domain"] == "nonnegative" and model["track_scoring"] == "likelihood" and model["embedding_dim"] == 32
         with client.app.state.reid.sessions() as session:
             stored = session.query(GalleryItem).all()
             rows = {r.id: np.frombuffer(r.feature, dtype="<f4").astype(np.float64) for r in stored}

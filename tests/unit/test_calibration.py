@@ -73,3 +73,12 @@ def test_shipped_calibration_files_still_load_as_per_record():
         assert out["points"] and all(p["grouping"] == "record" for p in out["points"])
         assert all(p["grouping"] == "track" for p in out["track_points"])
         TradeoffOut.model_validate(out)
+
+
+def test_sigma_follows_the_serving_encoders_feature_domain():
+    """A non-negative (split-sign) encoder is released with sensitivity √2: the tradeoff's σ must be that one."""
+    from models.privacy import gaussian_sigma
+
+    signed = expected_utility(calibration(), [32.0], delta=1e-5, clip_norm=1.0)["points"][0]["sigma"]
+    orthant = expected_utility(calibration(), [32.0], delta=1e-5, clip_norm=1.0, domain="nonnegative")["points"][0]["sigma"]
+    assert signed == pytest.approx(gaussian_sigma(32.0, 1e-5, 2.0)) and orthant == pytest.approx(gaussian_sigma(32.0, 1e-5, 2**0.5))

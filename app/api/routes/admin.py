@@ -236,7 +236,8 @@ def privacy_tradeoff(
     state = get_state(request)
     row = session.get(PrivacyPolicyRow, tenant_id)  # no policy yet: the defaults a new policy would get
     delta, clip_norm = (row.delta, row.clip_norm) if row is not None else (state.settings.default_delta, state.settings.clip_norm)
-    return TradeoffOut.model_validate(expected_utility(state.calibration, epsilon, delta=delta, clip_norm=clip_norm))
+    utility = expected_utility(state.calibration, epsilon, delta=delta, clip_norm=clip_norm, domain=state.gallery.feature_domain)
+    return TradeoffOut.model_validate(utility)
 
 
 def limits_out(tenant: Tenant, request: Request) -> RateLimitsOut:
