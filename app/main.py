@@ -135,7 +135,12 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
     indexes = IndexRegistry(
         directory=index_dir,
         lock=index_dir_lock,
-        config=IndexConfig(dim=embedder.embedding_dim, kind=settings.index_type, nlist=settings.ivf_nlist, nprobe=settings.ivf_nprobe),
+        config=IndexConfig(
+            dim=embedder.embedding_dim // (2 if embedder.split_sign else 1),  # split-sign features are indexed signed
+            kind=settings.index_type,
+            nlist=settings.ivf_nlist,
+            nprobe=settings.ivf_nprobe,
+        ),
     )
     gallery = GalleryService(
         engine=engine,

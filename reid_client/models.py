@@ -73,6 +73,7 @@ class GroupHit(_Model):
 class GroupedSearchResult(_Model):
     k: int
     group_by: Literal["track_ref", "subject_ref"]
+    scoring: Literal["likelihood", "cosine"] = "cosine"  # what the scores are (servers before it existed: cosine)
     hits: list[GroupHit]
 
 

@@ -269,10 +269,11 @@ class GroupHitBase(BaseModel):
 
     score: float = Field(
         description=(
-            "higher is better. With noisy records and an encoder that carries a noise-aware scorer (the default): the "
-            "log-likelihood ratio 'same person as the query vs someone else' of the mean of the group's records that pass "
-            "the filters, given its noise (no fixed range; > 0 favours a match). Otherwise: the cosine of the query to "
-            "that mean, normalised. min_score compares against this value"
+            "higher is better; the answer's `scoring` says which: 'likelihood' (an encoder with a noise-aware scorer, the "
+            "default, and a tenant whose grouped records include noisy ones): the log-likelihood ratio 'same person as the "
+            "query vs someone else' of the mean of the group's records that pass the filters, given its noise (no fixed "
+            "range; > 0 favours a match); 'cosine': the cosine of the query to that mean, normalised. min_score compares "
+            "against this value"
         )
     )
     item_ids: list[int] = Field(description="the records averaged into this hit, ascending")
@@ -296,10 +297,16 @@ class TrackSearchOut(BaseModel):
     """``group_by=track_ref``: hits are tracks, best first."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"group_by": "track_ref", "k": 10, "hits": [{"track_ref": "t-4411", **_GROUP_HIT_EXAMPLE}]}]}
+        json_schema_extra={
+            "examples": [{"group_by": "track_ref", "k": 10, "scoring": "cosine", "hits": [{"track_ref": "t-4411", **_GROUP_HIT_EXAMPLE}]}]
+        }
     )
     group_by: Literal["track_ref"]
     k: int
+    scoring: Literal["likelihood", "cosine"] = Field(
+        description="what the hits' scores are: the encoder's noise-aware log-likelihood ratio (when it has one and the tenant's "
+        "grouped records include noisy ones) or the cosine to each group's normalised mean; min_score compares against them"
+    )
     hits: list[TrackHitOut]
 
 
@@ -307,10 +314,16 @@ class SubjectSearchOut(BaseModel):
     """``group_by=subject_ref``: hits are subjects, best first."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"group_by": "subject_ref", "k": 10, "hits": [{"subject_ref": "person-17", **_GROUP_HIT_EXAMPLE}]}]}
+        json_schema_extra={
+            "examples": [{"group_by": "subject_ref", "k": 10, "scoring": "cosine", "hits": [{"subject_ref": "person-17", **_GROUP_HIT_EXAMPLE}]}]
+        }
     )
     group_by: Literal["subject_ref"]
     k: int
+    scoring: Literal["likelihood", "cosine"] = Field(
+        description="what the hits' scores are: the encoder's noise-aware log-likelihood ratio (when it has one and the tenant's "
+        "grouped records include noisy ones) or the cosine to each group's normalised mean; min_score compares against them"
+    )
     hits: list[SubjectHitOut]
 
 

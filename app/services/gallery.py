@@ -24,9 +24,9 @@ from app.core.errors import Conflict, ModelMismatch, PrivacyBudgetExceeded
 from app.db.session import LOCK_RETENTION, TenantWriteLocks, run_once_lock
 from app.db.tables import GalleryChange, GalleryHead, GalleryItem, PrivacyPolicyRow, ServiceJob, SubjectBudget, Tenant
 from app.index.faiss_store import IndexRegistry, TenantIndex
-from app.services.groups import GroupBy, GroupFilters, GroupHit, GroupSearch
+from app.services.groups import GroupBy, GroupFilters, GroupHit, GroupSearch, Scoring
 from app.services.privacy import BudgetCheck, TenantPolicy, release_mu_squared
-from models.evaluation.likelihood import TrackScorer, signed_query
+from models.evaluation.likelihood import TrackScorer, signed_features
 from models.privacy.mechanism import GaussianMechanism, NoiseParameters
 
 log = logging.getLogger("reid.gallery")
@@ -125,11 +125,16 @@ class GalleryService:
     mismatched: dict[int, EncoderIdentity] = field(default_factory=dict)  # tenants whose gallery another encoder made
     groups: GroupSearch = field(default_factory=GroupSearch)  # grouped search's record cache (app/services/groups.py)
     feature_domain: str = "signed"  # the encoder's: "nonnegative" releases with sensitivity √2·C
-    split_sign: bool = False  # features are [f⁺, f⁻]: per-record search queries with [f, −f] (the signed cosine)
+    split_sign: bool = False  # features are [f⁺, f⁻]: per-record search compares the signed f⁺ − f⁻ (its cosine)
     track_scorer: TrackScorer | None = None  # noise-aware scoring of grouped search (None: cosine)
 
     def __post_init__(self) -> None:
         self.locks = TenantWriteLocks(self.engine)
+
+    @property
+    def index_dim(self) -> int:
+        """Coordinates of the vectors in the FAISS indexes (split-sign features are indexed in their signed form)."""
+        return self.encoder.dim // 2 if self.split_sign else self.encoder.dim
 
     @property
     def model_sha256(self) -> str | None:
@@ -224,7 +229,7 @@ class GalleryService:
             session.commit()
         self.mismatched.pop(tenant_id, None)
         # SQL is committed: this replica's index follows at once (the others within a poll).
-        self._apply_own(tenant_id, previous, last, add_ids=ids, add_features=index_vectors(noisy_np), remove_ids=[])
+        self._apply_own(tenant_id, previous, last, add_ids=ids, add_features=index_vectors(noisy_np, self.split_sign), remove_ids=[])
         return EnrollResult(ids=[int(i) for i in ids], params=params, max_subject_mu_squared=max_mu_squared)
 
     def _head(self, session: Session, tenant_id: int) -> GalleryHead:
@@ -262,7 +267,7 @@ class GalleryService:
             only_ids = self._matching_ids(tenant_id, filters)
             if only_ids.size == 0:
                 return []
-        vector = signed_query(query.reshape(1, -1)) if self.split_sign else query.reshape(1, -1)
+        vector = signed_features(query.reshape(1, -1)) if self.split_sign else query.reshape(1, -1)
         scores, ids = index.search(vector, k, only_ids)
         pairs = []
         for item_id, score in zip(ids[0], scores[0], strict=True):
@@ -271,7 +276,7 @@ class GalleryService:
             pairs.append((int(item_id), float(score)))
         return self._hydrate(tenant_id, pairs)
 
-    def search_groups(self, tenant_id: int, query: np.ndarray, k: int, group_by: GroupBy, filters: SearchFilters) -> list[GroupHit]:
+    def search_groups(self, tenant_id: int, query: np.ndarray, k: int, group_by: GroupBy, filters: SearchFilters) -> tuple[list[GroupHit], Scoring]:
         """Top-k tracks or subjects: each group's released records averaged, then L2-normalised (app/services/groups.py)."""
         self.check_encoder(tenant_id)
         group_filters = GroupFilters(
@@ -332,7 +337,7 @@ class GalleryService:
         if emptied:
             self.mismatched.pop(tenant_id, None)
         self._apply_own(
-            tenant_id, previous, last, add_ids=np.zeros(0, np.int64), add_features=np.zeros((0, self.encoder.dim), np.float32), remove_ids=deleted
+            tenant_id, previous, last, add_ids=np.zeros(0, np.int64), add_features=np.zeros((0, self.index_dim), np.float32), remove_ids=deleted
         )
         return len(deleted)
 
@@ -484,7 +489,7 @@ class GalleryService:
                 return loaded
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             feats = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows])
-            index.apply(add_ids=ids, add_features=index_vectors(feats), remove_ids=(), cursor=start)
+            index.apply(add_ids=ids, add_features=index_vectors(feats, self.split_sign), remove_ids=(), cursor=start)
             loaded.update(int(i) for i in ids)
             last = int(ids[-1])
 
@@ -512,7 +517,8 @@ class GalleryService:
                 )
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             feats = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]) if rows else np.zeros((0, index.config.dim), np.float32)
-            index.apply(add_ids=ids, add_features=index_vectors(feats) if rows else feats, remove_ids=removed, cursor=int(changes[-1][0]))
+            vectors = index_vectors(feats, self.split_sign) if rows else np.zeros((0, index.config.dim), np.float32)
+            index.apply(add_ids=ids, add_features=vectors, remove_ids=removed, cursor=int(changes[-1][0]))
 
     def sync_indexes(self) -> dict[int, str]:
         """Start-up: delete index files of tenants that are gone, then bring every tenant's index up to SQL."""
@@ -578,7 +584,10 @@ def charge_subject_budgets(session: Session, tenant_id: int, policy: TenantPolic
     _refuse_over_budget(policy, charges)
 
 
-def index_vectors(noisy: np.ndarray) -> np.ndarray:
-    """Index holds unit-length copies of the noisy features (post-processing): scores are cosines."""
+def index_vectors(noisy: np.ndarray, split_sign: bool = False) -> np.ndarray:
+    """Index holds unit-length copies of the noisy features (post-processing): scores are cosines. For split-sign
+    encoders it holds their signed form f⁺ − f⁻ (half the coordinates), which queries compare with their own f."""
+    if split_sign:
+        noisy = signed_features(noisy)
     norms = np.linalg.norm(noisy, axis=1, keepdims=True)
     return (noisy / np.maximum(norms, 1e-12)).astype(np.float32)

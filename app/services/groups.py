@@ -16,6 +16,7 @@ never change once written, so a cached row is valid while its id exists). Only n
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.tables import GalleryItem
 from models.evaluation.likelihood import TrackScorer
 
+log = logging.getLogger("reid.groups")
 GroupBy = Literal["track_ref", "subject_ref"]
 GROUP_KEYS: tuple[GroupBy, ...] = ("track_ref", "subject_ref")
 _CHUNK = 5000  # keep IN lists within every backend's parameter limit
@@ -40,6 +42,9 @@ class GroupFilters:
     captured_to: datetime | None = None
     min_score: float | None = None
     subject_ref: str | None = None
+
+
+Scoring = Literal["likelihood", "cosine"]
 
 
 @dataclass(frozen=True)
@@ -111,13 +116,16 @@ class _Records:
         features = np.stack([np.frombuffer(r[5], dtype="<f4") for r in rows]).astype(np.float32)
         if self.features is not None and self.features.shape[1] != features.shape[1]:
             raise ValueError("records of different embedding sizes in one gallery")
-        self.ids = np.concatenate([self.ids, np.array([r[0] for r in rows], dtype=np.int64)])
-        self.keys = np.concatenate([self.keys, np.array([r[1] for r in rows], dtype=object)])
-        self.subjects = np.concatenate([self.subjects, np.array([r[2] for r in rows], dtype=object)])
-        self.cameras = np.concatenate([self.cameras, np.array([r[3] for r in rows], dtype=object)])
-        self.times = np.concatenate([self.times, np.array([_micros(r[4]) for r in rows], dtype=np.int64)])
-        self.sigmas = np.concatenate([self.sigmas, np.array([r[6] for r in rows], dtype=np.float64)])
-        self.features = features if self.features is None else np.concatenate([self.features, features])
+        # every new array is built before any is assigned, so a failure leaves the cache as it was (aligned)
+        ids = np.concatenate([self.ids, np.array([r[0] for r in rows], dtype=np.int64)])
+        keys = np.concatenate([self.keys, np.array([r[1] for r in rows], dtype=object)])
+        subjects = np.concatenate([self.subjects, np.array([r[2] for r in rows], dtype=object)])
+        cameras = np.concatenate([self.cameras, np.array([r[3] for r in rows], dtype=object)])
+        times = np.concatenate([self.times, np.array([_micros(r[4]) for r in rows], dtype=np.int64)])
+        sigmas = np.concatenate([self.sigmas, np.array([r[6] for r in rows], dtype=np.float64)])
+        all_features = features if self.features is None else np.concatenate([self.features, features])
+        self.ids, self.keys, self.subjects, self.cameras, self.times, self.sigmas = ids, keys, subjects, cameras, times, sigmas
+        self.features = all_features
 
 
 @dataclass
@@ -147,7 +155,9 @@ class GroupSearch:
         *,
         scorer: TrackScorer | None = None,
         split_sign: bool = False,
-    ) -> list[GroupHit]:
+    ) -> tuple[list[GroupHit], Scoring]:
+        """Top-k groups and how they were scored: by the scorer's likelihood ratio when there is one and the tenant's
+        grouped records include noisy ones (whatever the filters keep, so a tenant's scores keep one scale), else cosine."""
         if group_by not in GROUP_KEYS:
             raise ValueError(f"group_by must be one of {GROUP_KEYS}")
         entry = self._entry(tenant_id, group_by)
@@ -156,8 +166,9 @@ class GroupSearch:
                 entry.sync(session, tenant_id, group_by)
             ids, keys, subjects, cameras, times, features = entry.ids, entry.keys, entry.subjects, entry.cameras, entry.times, entry.features
             sigmas = entry.sigmas
+        scoring: Scoring = "likelihood" if _uses_scorer(scorer, features, sigmas) else "cosine"
         if features is None or ids.size == 0:
-            return []
+            return [], scoring
         mask = np.ones(ids.size, dtype=bool)
         if filters.camera_ids is not None:
             mask &= np.isin(cameras, np.array(filters.camera_ids, dtype=object))
@@ -168,13 +179,14 @@ class GroupSearch:
         if filters.captured_to is not None:
             mask &= times <= _micros(filters.captured_to)
         if not mask.any():
-            return []
+            return [], scoring
         ids, keys, cameras, times, features, sigmas = ids[mask], keys[mask], cameras[mask], times[mask], features[mask], sigmas[mask]
         group_names, inverse = np.unique(keys.astype(str), return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
         sums = np.add.reduceat(features[order].astype(np.float64), starts, axis=0)
-        scores = _group_scores(np.asarray(query, dtype=np.float64).reshape(-1), sums, order, starts, sigmas, scorer, split_sign)
+        query_vector = np.asarray(query, dtype=np.float64).reshape(-1)
+        scores = _group_scores(query_vector, sums, order, starts, sigmas, scorer if scoring == "likelihood" else None, split_sign)
         candidates = np.arange(len(group_names))
         if filters.min_score is not None:
             candidates = candidates[scores >= filters.min_score]
@@ -197,7 +209,16 @@ class GroupSearch:
                     last_seen=_from_micros(member_times.max()),
                 )
             )
-        return hits
+        return hits, scoring
+
+
+def _uses_scorer(scorer: TrackScorer | None, features: np.ndarray | None, sigmas: np.ndarray) -> bool:
+    if scorer is None or features is None or sigmas.size == 0 or not (sigmas > 0).any():
+        return False
+    if scorer.dim != features.shape[1]:
+        log.warning("the track scorer has %d coordinates but the records %d: grouped search falls back to cosine", scorer.dim, features.shape[1])
+        return False
+    return True
 
 
 def _group_scores(
@@ -209,12 +230,11 @@ def _group_scores(
     scorer: TrackScorer | None,
     split_sign: bool,
 ) -> np.ndarray:
-    """One score per group: the scorer's log-likelihood ratio when there is one and any group is noisy, else the cosine."""
+    """One score per group: the scorer's log-likelihood ratio when given one, else the cosine to the normalised mean."""
     counts = np.diff(np.r_[starts, order.size]).astype(np.float64)
-    if scorer is not None and scorer.dim == sums.shape[1]:
+    if scorer is not None:
         noise_var = np.add.reduceat(sigmas[order] ** 2, starts) / counts**2
-        if noise_var.max() > 0:
-            return scorer.scores(query, sums / counts[:, None], noise_var)[0]
+        return scorer.scores(query, sums / counts[:, None], noise_var)[0]
     if split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
         half = query.size // 2
         query, sums = query[:half] - query[half:], sums[:, :half] - sums[:, half:]

@@ -58,41 +58,34 @@ class TrackScorer:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> TrackScorer:
         return cls(*(np.asarray(arrays[k], dtype=np.float64) for k in ("mean", "between", "within")))
 
-    def scores(self, queries: np.ndarray, track_means: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
-        """``[Q, T]`` log-likelihood ratios of clean ``queries`` against ``track_means`` (the plain mean of each
-        track's released records) whose per-coordinate noise variance is ``noise_var`` (``Σσᵢ²/n²``)."""
+    def scores(self, queries: np.ndarray, track_means: np.ndarray, noise_var: np.ndarray, query_noise_var: float = 0.0) -> np.ndarray:
+        """``[Q, T]`` log-likelihood ratios of ``queries`` against ``track_means`` (the plain mean of each track's
+        released records) whose per-coordinate noise variance is ``noise_var`` (``Σσᵢ²/n²``, one per track).
+
+        Queries are clean unless ``query_noise_var`` says otherwise (a released record used as the query: linkage).
+        Both covariances are diagonalised once, so tracks with any mix of noise levels cost one matrix product."""
         q = np.atleast_2d(np.asarray(queries, dtype=np.float64)) - self.mean
         y = np.atleast_2d(np.asarray(track_means, dtype=np.float64)) - self.mean
         noise_var = np.asarray(noise_var, dtype=np.float64).reshape(-1)
         if q.shape[1] != self.dim or y.shape[1] != self.dim:
             raise ValueError(f"features must have {self.dim} coordinates")
-        if noise_var.shape[0] != y.shape[0] or (noise_var < 0).any():
+        if noise_var.shape[0] != y.shape[0] or (noise_var < 0).any() or query_noise_var < 0:
             raise ValueError("noise_var needs one non-negative value per track")
         eye = np.eye(self.dim)
-        total_clean = self.between + self.within + RIDGE * eye
-        gain = self.between @ np.linalg.inv(total_clean)  # A
-        expected = q @ gain.T  # E[ȳ − m | same person] for each query
-        out = np.empty((q.shape[0], y.shape[0]))
-        levels, group = np.unique(np.round(noise_var, 12), return_inverse=True)
-        for g, s2 in enumerate(levels):
-            cols = np.flatnonzero(group == g)
-            total = total_clean + s2 * eye
-            conditional = total - gain @ self.between
-            c_inv, t_inv = np.linalg.inv(conditional), np.linalg.inv(total)
-            log_det = 0.5 * (np.linalg.slogdet(total)[1] - np.linalg.slogdet(conditional)[1])
-            yg = y[cols]
-            track_terms = 0.5 * np.einsum("ij,jk,ik->i", yg, t_inv - c_inv, yg)
-            query_terms = -0.5 * np.einsum("ij,jk,ik->i", expected, c_inv, expected)
-            out[:, cols] = (expected @ c_inv) @ yg.T + track_terms[None, :] + query_terms[:, None] + log_det
-        return out
-
-
-def signed_query(features: np.ndarray) -> np.ndarray:
-    """For split-sign features ``[f⁺, f⁻]``: the vector ``[f, −f]`` (``f = f⁺ − f⁻``), whose inner product with a
-    record ``[r⁺, r⁻]`` is ``f·(r⁺ − r⁻)`` — the signed feature's cosine, which per-record search keeps."""
-    half = features.shape[-1] // 2
-    signed = features[..., :half] - features[..., half:]
-    return np.concatenate([signed, -signed], axis=-1)
+        total_clean = self.between + self.within + RIDGE * eye  # T without noise
+        gain = self.between @ np.linalg.inv(total_clean + query_noise_var * eye)  # A
+        residual = total_clean - gain @ self.between  # C without the track's noise
+        total_values, total_vectors = np.linalg.eigh(total_clean)
+        residual_values, residual_vectors = np.linalg.eigh(0.5 * (residual + residual.T))
+        expected = (q @ gain.T) @ residual_vectors  # E[ȳ − m | same person], in C's eigenbasis
+        y_c, y_t = y @ residual_vectors, y @ total_vectors
+        inv_c = 1.0 / (residual_values[None, :] + noise_var[:, None])  # [T, D]
+        inv_t = 1.0 / (total_values[None, :] + noise_var[:, None])
+        track_terms = 0.5 * ((y_t**2 * inv_t).sum(axis=1) - (y_c**2 * inv_c).sum(axis=1))
+        log_det = 0.5 * (
+            np.log(total_values[None, :] + noise_var[:, None]).sum(axis=1) - np.log(residual_values[None, :] + noise_var[:, None]).sum(axis=1)
+        )
+        return expected @ (y_c * inv_c).T - 0.5 * (expected**2) @ inv_c.T + (track_terms + log_det)[None, :]
 
 
 def signed_features(features: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ def _setup(client, epsilon: float | str = "inf"):
 def test_group_by_track_averages_records_and_reports_the_group(client):
     key, ids = _setup(client)
     body = search(client, key, 1, k=10, group_by="track_ref").json()
-    assert body["group_by"] == "track_ref" and body["k"] == 10
+    assert body["group_by"] == "track_ref" and body["k"] == 10 and body["scoring"] == "cosine"
     hits = body["hits"]
     assert [h["track_ref"] for h in hits][:1] == ["tA"] and {h["track_ref"] for h in hits} == {"tA", "tB", "tC"}
     first = hits[0]
@@ -116,7 +116,7 @@ def test_erasure_removes_a_record_from_its_group(client):
 
 def test_empty_gallery_no_groups_and_bad_group_by(client):
     tenant_id, key = make_tenant(client, "empty-groups")
-    assert search(client, key, 1, k=5, group_by="track_ref").json() == {"group_by": "track_ref", "k": 5, "hits": []}
+    assert search(client, key, 1, k=5, group_by="track_ref").json() == {"group_by": "track_ref", "k": 5, "scoring": "cosine", "hits": []}
     enroll(client, key, [1, 2], [meta("c1"), meta("c2")])  # records without any reference
     assert search(client, key, 1, k=5, group_by="subject_ref").json()["hits"] == []
     assert len(search(client, key, 1, k=5).json()["hits"]) == 2  # per-record search still sees them
@@ -169,7 +169,7 @@ def test_a_split_sign_encoder_releases_at_sensitivity_root_two_and_scores_tracks
     from app.services.images import ImageLimits, decode_crop
     from models.checkpoint import Embedder
     from models.encoder import ReIDEncoder
-    from models.evaluation.likelihood import TrackScorer, signed_query
+    from models.evaluation.likelihood import TrackScorer, signed_features
     from models.privacy import gaussian_sigma
     from tests.conftest import jpeg_bytes
 
@@ -199,10 +199,19 @@ def test_a_split_sign_encoder_releases_at_sensitivity_root_two_and_scores_tracks
         query = embedder.embed(torch.stack([crop]))[0].astype(np.float64)
         assert (query >= 0).all()
         for hit in search(client, key, 2, k=10).json()["hits"]:
-            record = rows[hit["id"]] / np.linalg.norm(rows[hit["id"]])  # the index holds unit-length copies
-            assert math.isclose(hit["score"], float(signed_query(query) @ record), abs_tol=1e-4)
-        hits = search(client, key, 2, k=10, group_by="track_ref").json()["hits"]
-        assert {h["track_ref"] for h in hits} == {"tA", "tB", "tC"}
+            record = signed_features(rows[hit["id"]])  # the index holds unit-length copies of the signed form
+            expected = float(signed_features(query) @ record / np.linalg.norm(record))
+            assert math.isclose(hit["score"], expected, abs_tol=1e-4)
+        answer = search(client, key, 2, k=10, group_by="track_ref").json()
+        hits = answer["hits"]
+        assert answer["scoring"] == "likelihood" and {h["track_ref"] for h in hits} == {"tA", "tB", "tC"}
+        # a camera filter keeps the scale: still likelihood ratios, of the filtered means
+        filtered = search(client, key, 2, k=10, group_by="track_ref", camera_ids="c1").json()
+        assert filtered["scoring"] == "likelihood" and {h["track_ref"] for h in filtered["hits"]} == {"tA", "tB"}
+        # a noise-free tenant under the same encoder: cosine (of the signed features)
+        clean_key, _ = _setup(client, epsilon="inf")
+        clean = search(client, clean_key, 2, k=10, group_by="track_ref").json()
+        assert clean["scoring"] == "cosine" and all(-1.0 - 1e-6 <= h["score"] <= 1.0 + 1e-6 for h in clean["hits"])
         assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
         for hit in hits:
             mean = np.mean([rows[i] for i in hit["item_ids"]], axis=0)

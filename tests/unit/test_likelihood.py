@@ -11,7 +11,7 @@ from scipy.stats import multivariate_normal
 
 from models.checkpoint import load_encoder, read_checkpoint, save_encoder
 from models.encoder import ReIDEncoder
-from models.evaluation.likelihood import TrackScorer, signed_query, track_noise_variance
+from models.evaluation.likelihood import TrackScorer, signed_features, track_noise_variance
 from models.evaluation.tracks import evaluate_tracks
 from models.privacy import gaussian_sigma
 from models.privacy.mechanism import GaussianMechanism, PrivacyPolicy, sensitivity_for
@@ -31,16 +31,17 @@ def test_the_score_is_the_gaussian_log_likelihood_ratio():
     scorer = TrackScorer.fit(features, labels)
     query, tracks = features[:2], features[8:14] + 0.3 * rng.normal(size=(6, 5))
     noise_var = np.array([0.0, 0.09, 0.09, 0.02, 0.5, 0.09])
-    got = scorer.scores(query, tracks, noise_var)
     eye, b, w, m = np.eye(5), scorer.between, scorer.within, scorer.mean
     total_clean = b + w + 1e-6 * eye
-    gain = b @ np.linalg.inv(total_clean)
-    for i, q in enumerate(query):
-        for j, y in enumerate(tracks):
-            total = total_clean + noise_var[j] * eye
-            same = multivariate_normal(m + gain @ (q - m), total - gain @ b).logpdf(y)
-            other = multivariate_normal(m, total).logpdf(y)
-            assert math.isclose(got[i, j], same - other, rel_tol=1e-7, abs_tol=1e-7)
+    for query_noise in (0.0, 0.05):  # a clean query, and a released record as the query (linkage)
+        got = scorer.scores(query, tracks, noise_var, query_noise_var=query_noise)
+        gain = b @ np.linalg.inv(total_clean + query_noise * eye)
+        for i, q in enumerate(query):
+            for j, y in enumerate(tracks):
+                total = total_clean + noise_var[j] * eye
+                same = multivariate_normal(m + gain @ (q - m), total - gain @ b).logpdf(y)
+                other = multivariate_normal(m, total).logpdf(y)
+                assert math.isclose(got[i, j], same - other, rel_tol=1e-7, abs_tol=1e-7)
     with pytest.raises(ValueError, match="one non-negative value per track"):
         scorer.scores(query, tracks, noise_var[:3])
 
@@ -67,12 +68,12 @@ def test_noise_aware_scoring_beats_cosine_on_noisy_split_sign_tracks():
     assert likelihood > cosine + 0.05, (likelihood, cosine)
 
 
-def test_signed_query_gives_the_signed_inner_product_and_noise_variance_of_a_mean():
+def test_signed_features_undo_the_split_and_noise_variance_of_a_mean():
     rng = np.random.default_rng(3)
     f, r = rng.normal(size=(4, 6)), rng.normal(size=(5, 6))
     split_f = np.concatenate([np.maximum(f, 0), np.maximum(-f, 0)], axis=1)
     split_r = np.concatenate([np.maximum(r, 0), np.maximum(-r, 0)], axis=1)
-    assert np.allclose(signed_query(split_f) @ split_r.T, f @ r.T)
+    assert np.allclose(signed_features(split_f), f) and np.allclose(signed_features(split_r), r)
     variance = track_noise_variance(np.array([0.5, 0.5, 1.0, 0.0]), np.array([0, 0, 1, 1]), 3)
     assert np.allclose(variance, [0.125, 0.25, 0.0])
 
@@ -112,3 +113,23 @@ def test_split_sign_encoder_emits_the_orthant_encoding_and_round_trips_with_its_
     assert set(read_checkpoint(tmp_path / "enc.pt")["track_scorer"]) == {"mean", "between", "within"}
     crops = torch.randint(0, 256, (5, 3, 64, 32), dtype=torch.uint8)
     assert (embedder.embed(crops) >= 0).all()
+
+
+def test_the_curve_releases_split_sign_features_as_the_service_does():
+    """σ from √2, per-record search on the signed halves, tracks by the scorer, and a likelihood linkage attacker."""
+    from models.privacy.curve import Scoring, curve_for
+    from tests.unit.test_privacy import toy_split
+
+    def split(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], axis=1).astype(np.float32)
+
+    feats = toy_split(seed=4, ids=30, per_id=6, spread=0.4, g_cams=[0, 0, 0, 1, 1, 1])
+    signed_rows = curve_for(feats, [8.0], 1e-5, draws=2, attack=False, tracks=True)
+    feats_split = {**feats, "qf": split(feats["qf"]), "gf": split(feats["gf"])}
+    scorer = TrackScorer.fit(feats_split["gf"], feats["g_pids"])  # toy: fitted on the gallery itself
+    rows = curve_for(feats_split, [8.0], 1e-5, draws=2, attack=False, tracks=True, scoring=Scoring("nonnegative", True, scorer))
+    record, track = rows
+    assert math.isclose(record["sigma"], gaussian_sigma(8.0, 1e-5, math.sqrt(2)))
+    assert math.isclose(signed_rows[0]["sigma"], record["sigma"] * math.sqrt(2))
+    assert "linkage_rank1_likelihood" in record and "linkage_rank1_likelihood" not in signed_rows[0]
+    assert track["grouping"] == "track" and track["mAP"]["mean"] > signed_rows[1]["mAP"]["mean"]

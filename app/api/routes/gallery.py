@@ -224,13 +224,13 @@ async def search(
         subject_ref=subject_ref,
     )
     if group_by == "track_ref":
-        groups = await run_in_threadpool(state.gallery.search_groups, tenant.tenant_id, query[0], k, group_by, filters)
-        return TrackSearchOut(group_by=group_by, k=k, hits=[TrackHitOut(track_ref=g.key, count=len(g.item_ids), **_group_fields(g)) for g in groups])
+        groups, scoring = await run_in_threadpool(state.gallery.search_groups, tenant.tenant_id, query[0], k, group_by, filters)
+        track_hits = [TrackHitOut(track_ref=g.key, count=len(g.item_ids), **_group_fields(g)) for g in groups]
+        return TrackSearchOut(group_by=group_by, k=k, scoring=scoring, hits=track_hits)
     if group_by == "subject_ref":
-        groups = await run_in_threadpool(state.gallery.search_groups, tenant.tenant_id, query[0], k, group_by, filters)
-        return SubjectSearchOut(
-            group_by=group_by, k=k, hits=[SubjectHitOut(subject_ref=g.key, count=len(g.item_ids), **_group_fields(g)) for g in groups]
-        )
+        groups, scoring = await run_in_threadpool(state.gallery.search_groups, tenant.tenant_id, query[0], k, group_by, filters)
+        subject_hits = [SubjectHitOut(subject_ref=g.key, count=len(g.item_ids), **_group_fields(g)) for g in groups]
+        return SubjectSearchOut(group_by=group_by, k=k, scoring=scoring, hits=subject_hits)
     hits = await run_in_threadpool(state.gallery.search, tenant.tenant_id, query[0], k, filters)
     return SearchOut(k=k, hits=[HitOut(**ItemOut.of(h.item).model_dump(), score=h.score) for h in hits])
 
