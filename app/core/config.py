@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         None, gt=0, description="finite epsilon given to new tenants; unset: enrollment is refused until an operator sets a policy"
     )
     default_delta: float = Field(1e-5, gt=0, lt=1, description="delta for new tenants")
-    clip_norm: float = Field(1.0, gt=0, description="features are clipped to this L2 norm (sensitivity 2C)")
+    clip_norm: float = Field(1.0, gt=0, description="features are clipped to this L2 norm (sensitivity 2C; √2·C for non-negative encoders)")
     index_type: Literal["flat", "ivf"] = Field("flat", description="per-tenant FAISS index: exact inner product or IVF")
     ivf_nlist: int = Field(1024, ge=1, description="IVF lists (index_type=ivf)")
     ivf_nprobe: int = Field(32, ge=1, description="IVF lists probed per search")
