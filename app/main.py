@@ -24,6 +24,7 @@ from app.services.gallery import EncoderIdentity, GalleryService
 from app.services.ratelimit import RateLimiter
 from app.state import AppState
 from app.web.body_limit import BodyLimitMiddleware
+from models.evaluation.likelihood import TrackScorer
 
 log = logging.getLogger("reid.app")
 
@@ -106,6 +107,15 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None) -> Fas
     return app
 
 
+def track_scorer_for(embedder: Any) -> TrackScorer | None:
+    """The checkpoint's track scorer when it fits the emitted features (a mismatched one is dropped: cosine)."""
+    scorer = embedder.track_scorer
+    if scorer is not None and scorer.dim != embedder.embedding_dim:
+        log.warning("the track scorer has %d coordinates, the features %d: grouped search uses cosine", scorer.dim, embedder.embedding_dim)
+        return None
+    return scorer
+
+
 def build_state(settings: Settings, embedder: Any = None) -> AppState:
     """Blocking start-up work: migrations, engine, encoder, registries."""
     from app.db.session import is_sqlite, make_engine, make_session_factory, run_migrations
@@ -151,7 +161,7 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
         change_log_days=settings.change_log_days,
         feature_domain=embedder.feature_domain,
         split_sign=embedder.split_sign,
-        track_scorer=embedder.track_scorer,
+        track_scorer=track_scorer_for(embedder),
     )
     return AppState(
         settings=settings,

@@ -271,13 +271,13 @@ class GalleryService:
         scores, ids = index.search(vector, k, only_ids)
         pairs = []
         for item_id, score in zip(ids[0], scores[0], strict=True):
-            if item_id < 0 or (filters.min_score is not None and score < filters.min_score):
+            if item_id < 0 or (filters.min_score is not None and float(score) < filters.min_score):
                 break  # scores come sorted: nothing after this qualifies
             pairs.append((int(item_id), float(score)))
         return self._hydrate(tenant_id, pairs)
 
     def search_groups(self, tenant_id: int, query: np.ndarray, k: int, group_by: GroupBy, filters: SearchFilters) -> tuple[list[GroupHit], Scoring]:
-        """Top-k tracks or subjects: each group's released records averaged, then L2-normalised (app/services/groups.py)."""
+        """Top-k tracks or subjects: each group's released records averaged and scored (app/services/groups.py)."""
         self.check_encoder(tenant_id)
         group_filters = GroupFilters(
             camera_ids=filters.camera_ids,

@@ -80,6 +80,7 @@ class _Records:
     cameras: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     times: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # µs since the epoch
     sigmas: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))  # each record's noise σ
+    scales: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))  # min(1, C): a unit feature's norm after clipping
     features: np.ndarray | None = None  # [N, D] float32, the released (noisy) features as stored
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -92,7 +93,7 @@ class _Records:
         keep = np.isin(self.ids, current)
         if not keep.all():
             self.ids, self.keys, self.subjects = self.ids[keep], self.keys[keep], self.subjects[keep]
-            self.cameras, self.times, self.sigmas = self.cameras[keep], self.times[keep], self.sigmas[keep]
+            self.cameras, self.times, self.sigmas, self.scales = self.cameras[keep], self.times[keep], self.sigmas[keep], self.scales[keep]
             self.features = None if self.features is None or not keep.any() else self.features[keep]
         missing = np.setdiff1d(current, self.ids, assume_unique=True)
         if missing.size == 0:
@@ -105,6 +106,7 @@ class _Records:
             GalleryItem.captured_at,
             GalleryItem.feature,
             GalleryItem.sigma,
+            GalleryItem.clip_norm,
         )
         rows: list[Any] = []
         for start in range(0, missing.size, _CHUNK):
@@ -123,8 +125,10 @@ class _Records:
         cameras = np.concatenate([self.cameras, np.array([r[3] for r in rows], dtype=object)])
         times = np.concatenate([self.times, np.array([_micros(r[4]) for r in rows], dtype=np.int64)])
         sigmas = np.concatenate([self.sigmas, np.array([r[6] for r in rows], dtype=np.float64)])
+        scales = np.concatenate([self.scales, np.minimum(1.0, np.array([r[7] for r in rows], dtype=np.float64))])
         all_features = features if self.features is None else np.concatenate([self.features, features])
         self.ids, self.keys, self.subjects, self.cameras, self.times, self.sigmas = ids, keys, subjects, cameras, times, sigmas
+        self.scales = scales
         self.features = all_features
 
 
@@ -165,7 +169,7 @@ class GroupSearch:
             with sessions() as session:
                 entry.sync(session, tenant_id, group_by)
             ids, keys, subjects, cameras, times, features = entry.ids, entry.keys, entry.subjects, entry.cameras, entry.times, entry.features
-            sigmas = entry.sigmas
+            sigmas, scales = entry.sigmas, entry.scales
         scoring: Scoring = "likelihood" if _uses_scorer(scorer, features, sigmas) else "cosine"
         if features is None or ids.size == 0:
             return [], scoring
@@ -180,10 +184,13 @@ class GroupSearch:
             mask &= times <= _micros(filters.captured_to)
         if not mask.any():
             return [], scoring
-        ids, keys, cameras, times, features, sigmas = ids[mask], keys[mask], cameras[mask], times[mask], features[mask], sigmas[mask]
+        ids, keys, cameras, times, features = ids[mask], keys[mask], cameras[mask], times[mask], features[mask]
+        sigmas, scales = sigmas[mask], scales[mask]
         group_names, inverse = np.unique(keys.astype(str), return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+        if scoring == "likelihood":  # the scorer's model is of unit features: undo a clipping norm C < 1 (and its σ with it)
+            features, sigmas = features / scales[:, None], sigmas / scales
         sums = np.add.reduceat(features[order].astype(np.float64), starts, axis=0)
         query_vector = np.asarray(query, dtype=np.float64).reshape(-1)
         scores = _group_scores(query_vector, sums, order, starts, sigmas, scorer if scoring == "likelihood" else None, split_sign)

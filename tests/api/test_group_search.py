@@ -158,6 +158,22 @@ def test_a_query_track_searches_with_the_normalised_mean_of_its_crops(client):
     assert refused.status_code == 413 and "query-track limit of 16" in refused.json()["error"]["message"]
 
 
+def _split_sign_embedder(scorer_dim: int | None = None):
+    """A small random split-sign encoder (32-d features) with a fixed, valid track scorer."""
+    import torch
+
+    from models.checkpoint import Embedder
+    from models.encoder import ReIDEncoder
+    from models.evaluation.likelihood import TrackScorer
+
+    torch.manual_seed(1)
+    model = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=16, split_sign=True).eval().requires_grad_(False)
+    dim = scorer_dim or model.feature_dim
+    scorer = TrackScorer(np.full(dim, 0.1), 0.6 / dim * np.eye(dim), 0.4 / dim * np.eye(dim))
+    meta = {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "name": "split-sign-test", "split_sign": True}
+    return Embedder(model=model, device=torch.device("cpu"), input_size=(64, 32), metadata=meta, untrained=True, track_scorer=scorer)
+
+
 def test_a_split_sign_encoder_releases_at_sensitivity_root_two_and_scores_tracks_by_likelihood(settings):
     """Non-negative features: records carry Δ = √2 and its σ; per-record search compares the signed feature; grouped
     search scores each track by the encoder's likelihood ratio, recomputed here from the stored records."""
@@ -167,18 +183,12 @@ def test_a_split_sign_encoder_releases_at_sensitivity_root_two_and_scores_tracks
     from app.db.tables import GalleryItem
     from app.main import create_app
     from app.services.images import ImageLimits, decode_crop
-    from models.checkpoint import Embedder
-    from models.encoder import ReIDEncoder
-    from models.evaluation.likelihood import TrackScorer, signed_features
+    from models.evaluation.likelihood import signed_features
     from models.privacy import gaussian_sigma
     from tests.conftest import jpeg_bytes
 
-    torch.manual_seed(1)
-    model = ReIDEncoder(backbone="mobilenet_v2", embedding_dim=16, split_sign=True).eval().requires_grad_(False)
-    dim = model.feature_dim
-    scorer = TrackScorer(np.full(dim, 0.1), 0.6 / dim * np.eye(dim), 0.4 / dim * np.eye(dim))
-    meta = {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "name": "split-sign-test", "split_sign": True}
-    embedder = Embedder(model=model, device=torch.device("cpu"), input_size=(64, 32), metadata=meta, untrained=True, track_scorer=scorer)
+    embedder = _split_sign_embedder()
+    scorer = embedder.track_scorer
     with TestClient(create_app(settings, embedder=embedder)) as client:
         key, _ = _setup(client, epsilon=8.0)
         tenant_privacy = client.get("/v1/admin/tenants", headers=ADMIN).json()[0]["privacy"]
@@ -217,3 +227,46 @@ def test_a_split_sign_encoder_releases_at_sensitivity_root_two_and_scores_tracks
             mean = np.mean([rows[i] for i in hit["item_ids"]], axis=0)
             expected = scorer.scores(query, mean[None], np.array([sigma**2 / len(hit["item_ids"])]))[0, 0]
             assert math.isclose(hit["score"], expected, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def test_likelihood_scores_undo_a_clipping_norm_below_one_and_extreme_min_scores_are_answered(settings):
+    """With C = 0.5 the stored records are half-length: the scorer (a model of unit features) sees them rescaled, σ too."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from app.db.tables import GalleryItem
+    from app.main import create_app
+    from app.services.images import ImageLimits, decode_crop
+    from tests.conftest import jpeg_bytes
+
+    embedder = _split_sign_embedder()
+    with TestClient(create_app(settings.model_copy(update={"clip_norm": 0.5}), embedder=embedder)) as client:
+        key, _ = _setup(client, epsilon=8.0)
+        with client.app.state.reid.sessions() as session:
+            stored = session.query(GalleryItem).all()
+            rows = {r.id: np.frombuffer(r.feature, dtype="<f4").astype(np.float64) for r in stored}
+            sigma = stored[0].sigma
+            assert all(r.clip_norm == 0.5 for r in stored)
+        crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=ImageLimits(10**7, 10**8), size=(64, 32))
+        query = embedder.embed(torch.stack([crop]))[0].astype(np.float64)
+        answer = search(client, key, 2, k=10, group_by="track_ref").json()
+        assert answer["scoring"] == "likelihood"
+        for hit in answer["hits"]:
+            mean = np.mean([rows[i] for i in hit["item_ids"]], axis=0) / 0.5
+            expected = embedder.track_scorer.scores(query, mean[None], np.array([(sigma / 0.5) ** 2 / len(hit["item_ids"])]))[0, 0]
+            assert math.isclose(hit["score"], expected, rel_tol=1e-6, abs_tol=1e-6)
+        for extreme in ("1e308", "-1e308"):
+            assert search(client, key, 2, k=10, min_score=extreme).status_code == 200
+            assert search(client, key, 2, k=10, group_by="track_ref", min_score=extreme).status_code == 200
+        assert search(client, key, 2, k=10, min_score="1e308").json()["hits"] == []
+
+
+def test_a_track_scorer_that_does_not_fit_the_features_is_dropped(settings):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(settings, embedder=_split_sign_embedder(scorer_dim=7))) as client:
+        assert client.get("/v1/model").json()["track_scoring"] == "cosine"
+        key, _ = _setup(client, epsilon=8.0)
+        assert search(client, key, 2, k=10, group_by="track_ref").json()["scoring"] == "cosine"

@@ -170,8 +170,9 @@ features are averaged and L2-normalised into one query (steadier than any single
 Without `group_by` the hits are single records, best first. With `group_by=track_ref` (or `subject_ref`) the hits are
 tracks (subjects): the released features of each group's records that pass the filters are averaged (post-processing:
 no privacy cost; the noise of a mean of n records is 1/sqrt(n) of one record's) and scored — by the encoder's
-noise-aware log-likelihood ratio when it has one and the records are noisy, else by cosine to the normalised mean — and
-each hit gives the group's score, item ids, cameras and time span. Records without that reference are not part of
+noise-aware log-likelihood ratio when it has one and the tenant's grouped records include noisy ones (whatever the
+filters), else by cosine to the normalised mean; the answer's `scoring` says which — and each hit gives the group's
+score, item ids, cameras and time span. Records without that reference are not part of
 grouped search. `min_score` applies to the hit's score in both modes."""
 GROUP_BY_SCHEMA = {"type": "string", "enum": ["track_ref", "subject_ref"]}
 
