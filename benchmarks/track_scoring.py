@@ -11,9 +11,9 @@ each released through the service's mechanism (seeded here) at each ε and score
     python benchmarks/track_scoring.py --json docs/track_scoring.json
     python benchmarks/track_scoring.py --oracle-parent models/checkpoints/stage1_osnet_x0_25_256x128.pt --epsilons 32
 
-``--oracle-parent`` adds a bound, not a model: the head (LDA to 48) and the scorer fitted on the *test* identities
-themselves (query and gallery crops with their labels) from the parent's 512-d features, split-sign, likelihood-scored.
-No head or scorer fitted on public data can be expected to beat it on these features.
+``--oracle-parent`` adds this recipe's ceiling, not a model: the head (LDA to 48) and the scorer fitted on the *test*
+identities themselves (query and gallery crops with their labels) from the parent's 512-d features, split-sign,
+likelihood-scored. Refitting the same recipe on public data cannot be expected to beat it; other heads or scores can.
 
 Feature extraction of the training, query and gallery crops takes about 1.5 min here; the rest seconds.
 """
