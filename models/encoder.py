@@ -15,6 +15,11 @@ from models.backbones import build_backbone
 FEATURE_DOMAINS = ("signed", "nonnegative")
 
 
+def output_domain(feature_domain: str, split_sign: bool) -> str:
+    """Where an encoder's emitted features lie: ``nonnegative`` (sensitivity √2·C) or ``signed`` (2·C)."""
+    return "nonnegative" if split_sign or feature_domain == "nonnegative" else "signed"
+
+
 class ReIDEncoder(nn.Module):
     """Backbone -> GAP -> linear embedding -> BNNeck.
 
@@ -79,7 +84,7 @@ class ReIDEncoder(nn.Module):
     @property
     def output_domain(self) -> str:
         """Where emitted features lie: ``nonnegative`` (sensitivity √2·C) or ``signed`` (2·C)."""
-        return "nonnegative" if self.split_sign or self.feature_domain == "nonnegative" else "signed"
+        return output_domain(self.feature_domain, self.split_sign)
 
     def attach_projection(self, weight: torch.Tensor) -> None:
         """Add a fixed head of ``weight`` ``[projection_dim, embedding_dim]`` (``models.projection``)."""

@@ -264,6 +264,15 @@ _GROUP_HIT_EXAMPLE: dict[str, Any] = {
 }
 
 
+GroupScoring = Annotated[
+    Literal["likelihood", "cosine"],
+    Field(
+        description="what the hits' scores are: the encoder's noise-aware log-likelihood ratio (when it has one and the tenant's "
+        "grouped records include noisy ones) or the cosine to each group's normalised mean; min_score compares against them"
+    ),
+]
+
+
 class GroupHitBase(BaseModel):
     """One group (a track or a subject): its records' released features averaged, then matched."""
 
@@ -303,10 +312,7 @@ class TrackSearchOut(BaseModel):
     )
     group_by: Literal["track_ref"]
     k: int
-    scoring: Literal["likelihood", "cosine"] = Field(
-        description="what the hits' scores are: the encoder's noise-aware log-likelihood ratio (when it has one and the tenant's "
-        "grouped records include noisy ones) or the cosine to each group's normalised mean; min_score compares against them"
-    )
+    scoring: GroupScoring
     hits: list[TrackHitOut]
 
 
@@ -320,10 +326,7 @@ class SubjectSearchOut(BaseModel):
     )
     group_by: Literal["subject_ref"]
     k: int
-    scoring: Literal["likelihood", "cosine"] = Field(
-        description="what the hits' scores are: the encoder's noise-aware log-likelihood ratio (when it has one and the tenant's "
-        "grouped records include noisy ones) or the cosine to each group's normalised mean; min_score compares against them"
-    )
+    scoring: GroupScoring
     hits: list[SubjectHitOut]
 
 

@@ -132,11 +132,6 @@ class GalleryService:
         self.locks = TenantWriteLocks(self.engine)
 
     @property
-    def index_dim(self) -> int:
-        """Coordinates of the vectors in the FAISS indexes (split-sign features are indexed in their signed form)."""
-        return self.encoder.dim // 2 if self.split_sign else self.encoder.dim
-
-    @property
     def model_sha256(self) -> str | None:
         return None if self.encoder.sha256 == UNTRAINED else self.encoder.sha256
 
@@ -336,9 +331,8 @@ class GalleryService:
             emptied = head.encoder_sha256 is None
         if emptied:
             self.mismatched.pop(tenant_id, None)
-        self._apply_own(
-            tenant_id, previous, last, add_ids=np.zeros(0, np.int64), add_features=np.zeros((0, self.index_dim), np.float32), remove_ids=deleted
-        )
+        no_vectors = np.zeros((0, self.indexes.config.dim), np.float32)
+        self._apply_own(tenant_id, previous, last, add_ids=np.zeros(0, np.int64), add_features=no_vectors, remove_ids=deleted)
         return len(deleted)
 
     def erase(self, tenant_id: int, *, subject_ref: str | None, before: datetime | None) -> int:
@@ -516,8 +510,10 @@ class GalleryService:
                     else []
                 )
             ids = np.array([r[0] for r in rows], dtype=np.int64)
-            feats = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]) if rows else np.zeros((0, index.config.dim), np.float32)
-            vectors = index_vectors(feats, self.split_sign) if rows else np.zeros((0, index.config.dim), np.float32)
+            if rows:
+                vectors = index_vectors(np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]), self.split_sign)
+            else:
+                vectors = np.zeros((0, index.config.dim), np.float32)
             index.apply(add_ids=ids, add_features=vectors, remove_ids=removed, cursor=int(changes[-1][0]))
 
     def sync_indexes(self) -> dict[int, str]:

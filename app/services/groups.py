@@ -3,7 +3,7 @@
 The released (noisy) features of one group's records are averaged. With the encoder's noise-aware scorer
 (``models.evaluation.likelihood``, fitted on the public training split) and noisy records, a query's score against a
 group is the log-likelihood ratio "same person vs someone else" given the mean and its noise variance (Σσᵢ²/n² from
-the records' stored σ); otherwise (no scorer, or no noise in any candidate group) it is the cosine to the normalised
+the records' stored σ); otherwise (no scorer, or no noisy grouped record in the tenant) it is the cosine to the normalised
 mean (of the signed features, for split-sign encoders). Averaging released records and scoring them is
 post-processing: it costs no privacy, and the noise in a mean of n records has 1/√n of a record's standard deviation
 (``models/evaluation/tracks.py`` is the offline counterpart). Filters (cameras, capture time, subject) select the records that go into each centroid;
@@ -16,7 +16,6 @@ never change once written, so a cached row is valid while its id exists). Only n
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,9 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.tables import GalleryItem
-from models.evaluation.likelihood import TrackScorer
+from models.evaluation.likelihood import TrackScorer, signed_features, track_noise_variance
 
-log = logging.getLogger("reid.groups")
 GroupBy = Literal["track_ref", "subject_ref"]
 GROUP_KEYS: tuple[GroupBy, ...] = ("track_ref", "subject_ref")
 _CHUNK = 5000  # keep IN lists within every backend's parameter limit
@@ -170,7 +168,8 @@ class GroupSearch:
                 entry.sync(session, tenant_id, group_by)
             ids, keys, subjects, cameras, times, features = entry.ids, entry.keys, entry.subjects, entry.cameras, entry.times, entry.features
             sigmas, scales = entry.sigmas, entry.scales
-        scoring: Scoring = "likelihood" if _uses_scorer(scorer, features, sigmas) else "cosine"
+        # the scorer's dimension was checked at start-up (app.main.track_scorer_for)
+        scoring: Scoring = "likelihood" if scorer is not None and (sigmas > 0).any() else "cosine"
         if features is None or ids.size == 0:
             return [], scoring
         mask = np.ones(ids.size, dtype=bool)
@@ -193,7 +192,7 @@ class GroupSearch:
             features, sigmas = features / scales[:, None], sigmas / scales
         sums = np.add.reduceat(features[order].astype(np.float64), starts, axis=0)
         query_vector = np.asarray(query, dtype=np.float64).reshape(-1)
-        scores = _group_scores(query_vector, sums, order, starts, sigmas, scorer if scoring == "likelihood" else None, split_sign)
+        scores = _group_scores(query_vector, sums, inverse, sigmas, scorer if scoring == "likelihood" else None, split_sign)
         candidates = np.arange(len(group_names))
         if filters.min_score is not None:
             candidates = candidates[scores >= filters.min_score]
@@ -219,31 +218,15 @@ class GroupSearch:
         return hits, scoring
 
 
-def _uses_scorer(scorer: TrackScorer | None, features: np.ndarray | None, sigmas: np.ndarray) -> bool:
-    if scorer is None or features is None or sigmas.size == 0 or not (sigmas > 0).any():
-        return False
-    if scorer.dim != features.shape[1]:
-        log.warning("the track scorer has %d coordinates but the records %d: grouped search falls back to cosine", scorer.dim, features.shape[1])
-        return False
-    return True
-
-
 def _group_scores(
-    query: np.ndarray,
-    sums: np.ndarray,
-    order: np.ndarray,
-    starts: np.ndarray,
-    sigmas: np.ndarray,
-    scorer: TrackScorer | None,
-    split_sign: bool,
+    query: np.ndarray, sums: np.ndarray, group_of: np.ndarray, sigmas: np.ndarray, scorer: TrackScorer | None, split_sign: bool
 ) -> np.ndarray:
-    """One score per group: the scorer's log-likelihood ratio when given one, else the cosine to the normalised mean."""
-    counts = np.diff(np.r_[starts, order.size]).astype(np.float64)
+    """One score per group (``group_of``: each record's group): the scorer's log-likelihood ratio when given one, else
+    the cosine to the normalised mean."""
     if scorer is not None:
-        noise_var = np.add.reduceat(sigmas[order] ** 2, starts) / counts**2
-        return scorer.scores(query, sums / counts[:, None], noise_var)[0]
+        counts = np.bincount(group_of, minlength=len(sums)).astype(np.float64)
+        return scorer.scores(query, sums / counts[:, None], track_noise_variance(sigmas, group_of, len(sums)))[0]
     if split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
-        half = query.size // 2
-        query, sums = query[:half] - query[half:], sums[:, :half] - sums[:, half:]
+        query, sums = signed_features(query), signed_features(sums)
     centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
     return centroids @ (query / max(float(np.linalg.norm(query)), 1e-12))

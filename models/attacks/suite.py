@@ -105,11 +105,13 @@ class EncoderFeatures:
 
 
 def _domain(checkpoint: Path) -> tuple[str, bool]:
+    """(output domain, split-sign) from a checkpoint's metadata, without building the model (cached features)."""
     from models.checkpoint import read_checkpoint
+    from models.encoder import output_domain
 
     meta = read_checkpoint(checkpoint)["metadata"]
     split = bool(meta.get("split_sign"))
-    return ("nonnegative" if split or meta.get("feature_domain") == "nonnegative" else "signed"), split
+    return output_domain(str(meta.get("feature_domain", "signed")), split), split
 
 
 def encoder_features(name: str, checkpoint: Path, images: SplitImages, cache_dir: Path | None) -> EncoderFeatures:
