@@ -40,6 +40,7 @@ from models.data.transforms import load_images
 from models.evaluation import cosine_distance, evaluate_rankings
 from models.evaluation.attack import id_accuracy
 from models.evaluation.likelihood import signed_features
+from models.privacy.curve import linkage_rank1
 from models.privacy.gaussian import gaussian_sigma
 from models.privacy.mechanism import sensitivity_for
 
@@ -155,13 +156,6 @@ def pixelate_16x8(images_uint8: torch.Tensor) -> torch.Tensor:
 def _ranking(query: np.ndarray, gallery: np.ndarray, images: SplitImages) -> dict[str, float]:
     r = evaluate_rankings(cosine_distance(query, gallery), images.q_pids, images.g_pids, images.q_cams, images.g_cams)
     return {"rank1": float(r["rank1"]), "mAP": float(r["mAP"])}
-
-
-def linkage_rank1(gallery: np.ndarray, pids: np.ndarray, cams: np.ndarray) -> float:
-    """Rank-1 of released gallery records matched against the other records (cross-camera matches only)."""
-    dist = cosine_distance(gallery, gallery)
-    np.fill_diagonal(dist, np.inf)
-    return float(evaluate_rankings(dist, pids, pids, cams, cams)["rank1"])
 
 
 @dataclass
