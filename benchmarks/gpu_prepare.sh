@@ -15,7 +15,7 @@ PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
            --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_34_x86_64 --platform any)
 PACKAGES=(
   fastapi starlette pydantic pydantic-core pydantic-settings annotated-types typing-inspection python-dotenv
-  python-multipart uvicorn sqlalchemy greenlet alembic mako faiss-cpu typing-extensions limits deprecated cryptography cffi pycparser
+  python-multipart simplejpeg uvicorn sqlalchemy greenlet alembic mako faiss-cpu typing-extensions limits deprecated cryptography cffi pycparser
 )
 # the versions installed here (tested together), not the newest ones
 mapfile -t PINNED < <("$PY" -c 'import sys, importlib.metadata as m; [print(f"{p}=={m.version(p)}") for p in sys.argv[1:]]' "${PACKAGES[@]}")

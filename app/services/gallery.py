@@ -195,30 +195,33 @@ class GalleryService:
                 max_mu_squared = session.scalar(select(func.max(SubjectBudget.mu_squared)).where(SubjectBudget.tenant_id == tenant_id))
             noisy, _ = self.mechanism.release(torch.from_numpy(features), policy.record_policy)
             noisy_np = noisy.numpy().astype(np.float32)
-            rows_out = [
-                GalleryItem(
-                    tenant_id=tenant_id,
-                    camera_id=item.camera_id,
-                    captured_at=item.captured_at,
-                    subject_ref=item.subject_ref,
-                    track_ref=item.track_ref,
-                    external_id=item.external_id,
-                    attributes=item.attributes,
-                    feature=noisy_np[i].astype("<f4").tobytes(),
-                    mechanism=params.mechanism,
-                    epsilon=None if math.isinf(params.epsilon) else params.epsilon,
-                    delta=params.delta,
-                    sensitivity=params.sensitivity,
-                    sigma=params.sigma,
-                    clip_norm=params.clip_norm,
-                    noise_library=params.library,
-                    model_sha256=self.model_sha256,
-                )
+            noise = {
+                "mechanism": params.mechanism,
+                "epsilon": None if math.isinf(params.epsilon) else params.epsilon,
+                "delta": params.delta,
+                "sensitivity": params.sensitivity,
+                "sigma": params.sigma,
+                "clip_norm": params.clip_norm,
+                "noise_library": params.library,
+                "model_sha256": self.model_sha256,
+            }
+            features_le = noisy_np.astype("<f4", copy=False)
+            rows = [
+                {
+                    "tenant_id": tenant_id,
+                    "camera_id": item.camera_id,
+                    "captured_at": item.captured_at,
+                    "subject_ref": item.subject_ref,
+                    "track_ref": item.track_ref,
+                    "external_id": item.external_id,
+                    "attributes": item.attributes,
+                    "feature": features_le[i].tobytes(),
+                    **noise,
+                }
                 for i, item in enumerate(items)
             ]
-            session.add_all(rows_out)
-            session.flush()
-            ids = np.array([row.id for row in rows_out], dtype=np.int64)
+            # One multi-row INSERT … RETURNING (no ORM unit of work: a third of the service's per-crop SQL cost).
+            ids = np.array(session.scalars(insert(GalleryItem).returning(GalleryItem.id, sort_by_parameter_order=True), rows).all(), dtype=np.int64)
             previous, last = self._log(session, head, "add", ids)
             head.encoder_sha256, head.encoder_dim = self.encoder.sha256, self.encoder.dim
             session.commit()

@@ -18,6 +18,36 @@ ALLOWED_CONTENT_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "
 EXIF_ORIENTATION = 0x0112
 
 
+TURBO_MODES = {"RGB", "L"}  # JPEG colour spaces libjpeg-turbo's RGB output decodes exactly as PIL's convert("RGB")
+
+
+def jpeg_draft_scale(width: int, height: int, size: tuple[int, int]) -> int:
+    """The DCT scale PIL's ``draft("RGB", (2W, 2H))`` picks for a ``width`` x ``height`` JPEG and target ``size`` = (H, W)."""
+    ratio = min(width // (2 * size[1]), height // (2 * size[0]))
+    return next((s for s in (8, 4, 2) if ratio >= s), 1)
+
+
+def decode_jpeg_turbo(data: bytes, width: int, height: int, size: tuple[int, int]) -> torch.Tensor | None:
+    """A validated baseline JPEG decoded by libjpeg-turbo through ``simplejpeg`` (about 4x faster than PIL's decoder on
+    the service's crops; same library, same DCT and upsampling, so the same pixels as PIL's path, draft scale included),
+    then resized as ``pil_to_uint8`` does. None when simplejpeg is absent or declines the file: PIL then decides."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    from models.data.transforms import array_to_uint8
+
+    scale = jpeg_draft_scale(width, height, size)
+    expected = (-(-height // scale), -(-width // scale))
+    try:
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=expected[0], min_width=expected[1], min_factor=scale)
+    except ValueError:  # corrupt or unusual (libjpeg warnings are errors here): PIL's lenient decoder gets the last word
+        return None
+    if rgb.shape[:2] != expected:
+        return None
+    return array_to_uint8(rgb, size)
+
+
 def cuda_decode_available() -> bool:
     return torch.cuda.is_available()
 
@@ -75,6 +105,10 @@ def decode_crop(data: bytes, *, name: str, content_type: str | None, limits: Ima
                     raise PayloadTooLarge(f"{name}: {width}x{height} pixels exceeds the {limits.max_pixels}-pixel limit", details={"item": name})
                 if decode == "cuda" and img.format == "JPEG" and img.getexif().get(EXIF_ORIENTATION, 1) == 1 and cuda_decode_available():
                     return decode_jpeg_torch(data, size, device="cuda")
+                if img.format == "JPEG" and img.mode in TURBO_MODES and img.getexif().get(EXIF_ORIENTATION, 1) == 1:
+                    fast = decode_jpeg_turbo(data, width, height, size)
+                    if fast is not None:
+                        return fast
                 img.draft("RGB", (size[1] * 2, size[0] * 2))  # JPEG: decode at reduced scale when possible
                 oriented = ImageOps.exif_transpose(img)
                 rgb = oriented.convert("RGB")

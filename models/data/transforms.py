@@ -32,7 +32,12 @@ def pil_to_uint8(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     The resize runs in PyTorch (bilinear, antialiased, on uint8), which reproduces ``Image.resize(BILINEAR)``:
     the same pixels on the shared split's upscaled crops, within one level when downscaling, and about 3x faster
     on the development CPU (0.12 vs 0.35 ms per 64x128 crop), which the service pays for every crop it decodes."""
-    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+    return array_to_uint8(np.array(img, dtype=np.uint8), size)
+
+
+def array_to_uint8(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """An RGB uint8 array ``[H, W, 3]`` as uint8 ``[3, H, W]`` resized to ``size`` exactly as ``pil_to_uint8`` does."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1)
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
     return x.contiguous()

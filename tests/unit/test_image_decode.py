@@ -66,3 +66,82 @@ def test_a_corrupt_jpeg_body_is_an_invalid_image_on_the_torchvision_path(monkeyp
         decode_crop(broken, name="broken", content_type="image/jpeg", limits=LIMITS, size=(128, 64), decode="cuda")
     except InvalidImage as exc:
         assert "broken" in exc.message
+
+
+def _pil_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "decode_jpeg_turbo", lambda *args, **kwargs: None)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "mode"),
+    [
+        (64, 128, "RGB"),
+        (60, 150, "RGB"),
+        (257, 513, "RGB"),
+        (300, 700, "RGB"),
+        (520, 1030, "RGB"),
+        (1000, 2000, "RGB"),
+        (1100, 2300, "RGB"),
+        (90, 200, "L"),
+    ],
+)
+def test_the_libjpeg_turbo_path_gives_exactly_the_pil_paths_pixels(monkeypatch: pytest.MonkeyPatch, width: int, height: int, mode: str) -> None:
+    """Same pixels as PIL's decoder, its draft scale (1/2, 1/4, 1/8 for large crops) included: features do not move."""
+    data = jpeg(width=width, height=height, seed=width)
+    if mode == "L":
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("L").save(buf, format="JPEG", quality=90)
+        data = buf.getvalue()
+    size = (128, 64)
+    scale = images.jpeg_draft_scale(width, height, size)
+    turbo = images.decode_jpeg_turbo(data, width, height, size)
+    assert turbo is not None, "simplejpeg is a dependency: the fast path must take a baseline JPEG"
+    fast = decode_crop(data, name="a", content_type="image/jpeg", limits=LIMITS, size=size)
+    _pil_only(monkeypatch)
+    pil = decode_crop(data, name="a", content_type="image/jpeg", limits=LIMITS, size=size)
+    assert torch.equal(turbo, pil) and torch.equal(fast, pil), f"scale {scale}"
+
+
+def test_draft_scale_matches_pils_rule() -> None:
+    for width, height in [(64, 128), (256, 512), (511, 1100), (512, 1024), (1024, 2048), (2048, 4096), (5000, 600)]:
+        with Image.open(io.BytesIO(jpeg(width=width, height=height))) as img:
+            img.draft("RGB", (128 * 2, 256 * 2))
+            decoded = img.size
+        scale = images.jpeg_draft_scale(width, height, (256, 128))
+        assert decoded == (-(-width // scale), -(-height // scale))
+
+
+def test_files_the_fast_path_declines_go_to_pil(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JPEG with libjpeg warnings (a corrupt stretch) is not refused by the fast path: PIL decides, as before."""
+    data = jpeg()
+    broken = data[:300] + bytes(200) + data[500:]
+    assert images.decode_jpeg_turbo(broken, 60, 150, (128, 64)) is None
+    _pil_only(monkeypatch)
+    try:
+        pil_result: torch.Tensor | str = decode_crop(broken, name="b", content_type="image/jpeg", limits=LIMITS, size=(128, 64))
+    except InvalidImage as exc:
+        pil_result = exc.message
+    monkeypatch.undo()
+    try:
+        result: torch.Tensor | str = decode_crop(broken, name="b", content_type="image/jpeg", limits=LIMITS, size=(128, 64))
+    except InvalidImage as exc:
+        result = exc.message
+    assert type(result) is type(pil_result) and (torch.equal(result, pil_result) if isinstance(result, torch.Tensor) else result == pil_result)
+
+
+def test_rotated_and_cmyk_jpegs_stay_on_the_pil_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(images, "decode_jpeg_turbo", lambda data, w, h, size: calls.append(w) or None)
+    img = Image.open(io.BytesIO(jpeg()))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    rotated = io.BytesIO()
+    img.save(rotated, format="JPEG", exif=exif)
+    out = decode_crop(rotated.getvalue(), name="r", content_type="image/jpeg", limits=LIMITS, size=(128, 64))
+    assert out.shape == (3, 128, 64)
+    cmyk = io.BytesIO()
+    img.convert("CMYK").save(cmyk, format="JPEG")
+    decode_crop(cmyk.getvalue(), name="c", content_type="image/jpeg", limits=LIMITS, size=(128, 64))
+    assert calls == []
+    decode_crop(jpeg(), name="plain", content_type="image/jpeg", limits=LIMITS, size=(128, 64))
+    assert calls == [60]
