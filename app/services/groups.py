@@ -12,6 +12,8 @@ post-processing: it costs no privacy, and the noise in a mean of n records has 1
 SQL stays the truth: every search reads the ids of the tenant's grouped records (the id column only), drops cached
 records that are gone (erasures, retention, other replicas' deletions) and loads the rows it has not seen (records
 never change once written, so a cached row is valid while its id exists). Only new rows' feature columns are read.
+A search without record filters reuses the tenant's grouping (group sums, and the scorer's query-free track terms)
+until a sync changes the records; filtered searches group the records they keep on each call.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.tables import GalleryItem
-from models.evaluation.likelihood import TrackScorer, signed_features, track_noise_variance
+from models.evaluation.likelihood import PreparedTracks, TrackScorer, signed_features, track_noise_variance
 
 GroupBy = Literal["track_ref", "subject_ref"]
 GROUP_KEYS: tuple[GroupBy, ...] = ("track_ref", "subject_ref")
@@ -80,6 +82,8 @@ class _Records:
     sigmas: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))  # each record's noise σ
     scales: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))  # min(1, C): a unit feature's norm after clipping
     features: np.ndarray | None = None  # [N, D] float32, the released (noisy) features as stored
+    version: int = 0  # bumped whenever the arrays change
+    grouped: tuple[int, TrackScorer | None, bool, Grouped] | None = None  # all records grouped, with what it was built from
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sync(self, session: Session, tenant_id: int, group_by: GroupBy) -> None:
@@ -93,6 +97,7 @@ class _Records:
             self.ids, self.keys, self.subjects = self.ids[keep], self.keys[keep], self.subjects[keep]
             self.cameras, self.times, self.sigmas, self.scales = self.cameras[keep], self.times[keep], self.sigmas[keep], self.scales[keep]
             self.features = None if self.features is None or not keep.any() else self.features[keep]
+            self.version += 1
         missing = np.setdiff1d(current, self.ids, assume_unique=True)
         if missing.size == 0:
             return
@@ -128,6 +133,7 @@ class _Records:
         self.ids, self.keys, self.subjects, self.cameras, self.times, self.sigmas = ids, keys, subjects, cameras, times, sigmas
         self.scales = scales
         self.features = all_features
+        self.version += 1
 
 
 @dataclass
@@ -167,7 +173,7 @@ class GroupSearch:
             with sessions() as session:
                 entry.sync(session, tenant_id, group_by)
             ids, keys, subjects, cameras, times, features = entry.ids, entry.keys, entry.subjects, entry.cameras, entry.times, entry.features
-            sigmas, scales = entry.sigmas, entry.scales
+            sigmas, scales, version = entry.sigmas, entry.scales, entry.version
         # the scorer's dimension was checked at start-up (app.main.track_scorer_for)
         scoring: Scoring = "likelihood" if scorer is not None and (sigmas > 0).any() else "cosine"
         if features is None or ids.size == 0:
@@ -183,16 +189,20 @@ class GroupSearch:
             mask &= times <= _micros(filters.captured_to)
         if not mask.any():
             return [], scoring
-        ids, keys, cameras, times, features = ids[mask], keys[mask], cameras[mask], times[mask], features[mask]
-        sigmas, scales = sigmas[mask], scales[mask]
-        group_names, inverse = np.unique(keys.astype(str), return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
-        if scoring == "likelihood":  # the scorer's model is of unit features: undo a clipping norm C < 1 (and its σ with it)
-            features, sigmas = features / scales[:, None], sigmas / scales
-        sums = np.add.reduceat(features[order].astype(np.float64), starts, axis=0)
-        query_vector = np.asarray(query, dtype=np.float64).reshape(-1)
-        scores = _group_scores(query_vector, sums, inverse, sigmas, scorer if scoring == "likelihood" else None, split_sign)
+        likelihood = scoring == "likelihood"
+        if mask.all():  # no record filter: the tenant's grouping is reused until its records change
+            used = scorer if likelihood else None
+            cached = entry.grouped
+            if cached is not None and cached[0] == version and cached[1] is used and cached[2] == split_sign:
+                grouped = cached[3]
+            else:
+                grouped = Grouped.of(keys, features, sigmas, scales, used, split_sign)
+                entry.grouped = (version, used, split_sign, grouped)
+        else:
+            ids, keys, cameras, times = ids[mask], keys[mask], cameras[mask], times[mask]
+            grouped = Grouped.of(keys, features[mask], sigmas[mask], scales[mask], scorer if likelihood else None, split_sign)
+        scores = grouped.scores(np.asarray(query, dtype=np.float64).reshape(-1))
+        group_names, order, starts = grouped.names, grouped.order, grouped.starts
         candidates = np.arange(len(group_names))
         if filters.min_score is not None:
             candidates = candidates[scores >= filters.min_score]
@@ -218,15 +228,43 @@ class GroupSearch:
         return hits, scoring
 
 
-def _group_scores(
-    query: np.ndarray, sums: np.ndarray, group_of: np.ndarray, sigmas: np.ndarray, scorer: TrackScorer | None, split_sign: bool
-) -> np.ndarray:
-    """One score per group (``group_of``: each record's group): the scorer's log-likelihood ratio when given one, else
-    the cosine to the normalised mean."""
-    if scorer is not None:
-        counts = np.bincount(group_of, minlength=len(sums)).astype(np.float64)
-        return scorer.scores(query, sums / counts[:, None], track_noise_variance(sigmas, group_of, len(sums)))[0]
-    if split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
-        query, sums = signed_features(query), signed_features(sums)
-    centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    return centroids @ (query / max(float(np.linalg.norm(query)), 1e-12))
+@dataclass(frozen=True)
+class Grouped:
+    """Records grouped by key and ready to score: the track side of the scorer, or the normalised centroids."""
+
+    names: np.ndarray  # [G] group keys, sorted
+    order: np.ndarray  # record indices sorted by group
+    starts: np.ndarray  # [G] where each group begins in ``order``
+    prepared: PreparedTracks | None  # likelihood scoring
+    centroids: np.ndarray | None  # [G, D] cosine scoring: unit means (signed form for split-sign features)
+    split_sign: bool
+
+    @classmethod
+    def of(
+        cls, keys: np.ndarray, features: np.ndarray, sigmas: np.ndarray, scales: np.ndarray, scorer: TrackScorer | None, split_sign: bool
+    ) -> Grouped:
+        """Group records by ``keys``; with a ``scorer``, features (and σ) are first rescaled by ``scales``: the
+        scorer's model is of unit features, so a clipping norm C < 1 is undone."""
+        names, inverse = np.unique(keys.astype(str), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+        if scorer is not None:
+            features, sigmas = features / scales[:, None], sigmas / scales
+        sums = np.add.reduceat(features[order].astype(np.float64), starts, axis=0)
+        if scorer is not None:
+            counts = np.bincount(inverse, minlength=len(names)).astype(np.float64)
+            prepared = scorer.prepare(sums / counts[:, None], track_noise_variance(sigmas, inverse, len(names)), dtype=np.float32)
+            return cls(names, order, starts, prepared, None, split_sign)
+        if split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
+            sums = signed_features(sums)
+        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        return cls(names, order, starts, None, centroids, split_sign)
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """One score per group for a clean query (float64)."""
+        if self.prepared is not None:
+            return self.prepared.scores(query)[0].astype(np.float64)
+        assert self.centroids is not None
+        if self.split_sign:
+            query = signed_features(query)
+        return self.centroids @ (query / max(float(np.linalg.norm(query)), 1e-12))

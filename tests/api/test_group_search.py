@@ -270,3 +270,48 @@ def test_a_track_scorer_that_does_not_fit_the_features_is_dropped(settings):
         assert client.get("/v1/model").json()["track_scoring"] == "cosine"
         key, _ = _setup(client, epsilon=8.0)
         assert search(client, key, 2, k=10, group_by="track_ref").json()["scoring"] == "cosine"
+
+
+def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings):
+    """Unfiltered grouped search reuses the tenant's grouping (and the scorer's track side) until its records change:
+    after enrolments, an erasure and a retention-style deletion by SQL alone, each answer equals a cold cache's."""
+    import torch
+    from fastapi.testclient import TestClient
+    from sqlalchemy import delete
+
+    from app.db.tables import GalleryItem
+    from app.main import create_app
+    from app.services.groups import GroupFilters, GroupSearch
+    from app.services.images import ImageLimits, decode_crop
+    from tests.conftest import jpeg_bytes
+
+    embedder = _split_sign_embedder()
+    with TestClient(create_app(settings, embedder=embedder)) as client:
+        state = client.app.state.reid
+        key, ids = _setup(client, epsilon=8.0)
+        crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=ImageLimits(10**7, 10**8), size=(64, 32))
+        query = embedder.embed(torch.stack([crop]))[0]
+
+        def answers_agree() -> list[str]:
+            served = search(client, key, 2, k=10, group_by="track_ref").json()
+            cold, scoring = GroupSearch().search(
+                state.sessions, 1, "track_ref", query, 10, GroupFilters(), scorer=embedder.track_scorer, split_sign=True
+            )
+            assert served["scoring"] == scoring == "likelihood"
+            assert [(h["track_ref"], h["item_ids"]) for h in served["hits"]] == [(h.key, h.item_ids) for h in cold]
+            assert np.allclose([h["score"] for h in served["hits"]], [h.score for h in cold], rtol=1e-5, atol=1e-5)
+            return [h["track_ref"] for h in served["hits"]]
+
+        assert set(answers_agree()) == {"tA", "tB", "tC"}
+        cached = state.gallery.groups._entry(1, "track_ref").grouped
+        assert cached is not None
+        answers_agree()
+        assert state.gallery.groups._entry(1, "track_ref").grouped is cached  # nothing changed: reused
+        assert enroll(client, key, [6, 7], [meta("c4", track_ref="tD"), meta("c4", track_ref="tA")]).status_code == 201
+        assert set(answers_agree()) == {"tA", "tB", "tC", "tD"}
+        assert client.delete(f"/v1/gallery/{ids[2]}", headers={KEY_HEADERS: key}).status_code == 200
+        assert "tB" not in answers_agree()
+        with state.sessions() as session:  # as another replica's retention would: SQL only
+            session.execute(delete(GalleryItem).where(GalleryItem.track_ref == "tC"))
+            session.commit()
+        assert set(answers_agree()) == {"tA", "tD"}

@@ -133,3 +133,20 @@ def test_the_curve_releases_split_sign_features_as_the_service_does():
     assert math.isclose(signed_rows[0]["sigma"], record["sigma"] * math.sqrt(2))
     assert "linkage_rank1_likelihood" in record and "linkage_rank1_likelihood" not in signed_rows[0]
     assert track["grouping"] == "track" and track["mAP"]["mean"] > signed_rows[1]["mAP"]["mean"]
+
+
+def test_prepared_tracks_score_as_the_one_call_form():
+    """Grouped search prepares a tenant's tracks once (float32 in its cache) and scores every query against them."""
+    rng = np.random.default_rng(3)
+    features, labels = _identities(rng, ids=40, per_id=6, dim=8, spread=0.5)
+    scorer = TrackScorer.fit(features, labels)
+    queries, tracks = features[:5], features[6:46] + 0.2 * rng.normal(size=(40, 8))
+    noise_var = rng.uniform(0.0, 0.2, size=40)
+    direct = scorer.scores(queries, tracks, noise_var)
+    prepared = scorer.prepare(tracks, noise_var)
+    assert prepared.size == 40 and np.array_equal(prepared.scores(queries), direct)
+    single = scorer.prepare(tracks, noise_var, dtype=np.float32)
+    assert single.weighted.dtype == np.float32
+    assert np.allclose(single.scores(queries), direct, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="8 coordinates"):
+        prepared.scores(queries[:, :4])
