@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     from models.data import read_market_split
     from models.evaluation.likelihood import TrackScorer
     from models.projection import fit_lda
+    from models.trainer import code_revision
 
     embedder = load_encoder(args.checkpoint)
     meta = dict(embedder.metadata)
@@ -81,9 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         "fitted_on": f"{args.data.name}: bounding_box_train ({len(train)} crops, {len({s.pid for s in train})} identities)",
     }
     meta["initialised_from"] = {"file": args.checkpoint.name, "sha256": embedder.sha256} | {
-        k: meta[k] for k in ("name", "epochs", "metrics", "initialised_from") if k in meta
+        k: meta[k] for k in ("name", "epochs", "metrics", "code_revision", "initialised_from") if k in meta
     }
     meta["name"] = args.out.stem
+    meta["code_revision"] = code_revision()  # the code that made this file; the parent's is under initialised_from
     meta.pop("metrics", None)
     save_encoder(encoder, args.out, meta, track_scorer=scorer)
     log.info("wrote %s (%d-d features)", args.out, encoder.feature_dim)

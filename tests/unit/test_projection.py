@@ -50,7 +50,7 @@ def test_an_encoder_with_a_head_emits_the_normalised_projection_and_round_trips(
 def test_reid_project_fits_a_head_on_the_training_split_only(tmp_path):
     data = require_shared_data()
     torch.manual_seed(0)
-    meta = {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "name": "tiny"}
+    meta = {"backbone": "mobilenet_v2", "embedding_dim": 16, "input_size": [64, 32], "name": "tiny", "code_revision": "parent0"}
     save_encoder(ReIDEncoder(embedding_dim=16), tmp_path / "enc.pt", meta)
     cmd = [sys.executable, "-m", "models.cli.project", "--checkpoint", str(tmp_path / "enc.pt"), "--data", str(data),
            "--dim", "4", "--max-train-ids", "12", "--out", str(tmp_path / "head.pt")]  # fmt: skip
@@ -59,6 +59,8 @@ def test_reid_project_fits_a_head_on_the_training_split_only(tmp_path):
     projection = payload["metadata"]["projection"]
     assert projection["dim"] == 4 and projection["method"] == "lda" and "bounding_box_train" in projection["fitted_on"]
     assert payload["metadata"]["initialised_from"]["file"] == "enc.pt"
+    # the parent's code revision stays the parent's; the file records the code that made it
+    assert payload["metadata"]["initialised_from"]["code_revision"] == "parent0" and payload["metadata"]["code_revision"] != "parent0"
     assert payload["state_dict"]["projection.weight"].shape == (4, 16)
     assert load_encoder(tmp_path / "head.pt").embedding_dim == 4
     twice = subprocess.run([*cmd[:4], str(tmp_path / "head.pt"), *cmd[5:-1], str(tmp_path / "twice.pt")], capture_output=True, text=True)
