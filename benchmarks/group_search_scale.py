@@ -1,10 +1,18 @@
-"""Grouped search (``group_by=track_ref``) latency at gallery sizes beyond the shared split, in process.
+"""Grouped search (``group_by=track_ref``) latency at gallery sizes beyond the shared split, in process, on SQLite.
 
-The tenant's grouped-record cache is filled with synthetic released records (random unit features plus Gaussian noise
-at ε = 32's σ, ``--records-per-track`` records per track, four cameras), SQL is skipped (the cache's sync is what the
-service pays once per change, not per query), and ``GroupSearch.search`` is timed on clean queries, with the shipped
-checkpoint's likelihood scorer and with cosine, with and without a camera filter. Scores are not meaningful (random
-features); only the time is.
+A fresh SQLite database gets one tenant with ``--records`` synthetic released records (random non-negative unit
+features plus Gaussian noise at ε = 32's σ, ``--records-per-track`` records per track, four cameras), written as the
+service writes them (items, change log head). ``GroupSearch.search`` — what ``POST /v1/search`` with
+``group_by=track_ref`` runs in a worker thread — is then timed on clean queries with the shipped checkpoint's
+likelihood scorer:
+
+- ``cold``: the first search (reads every grouped record from SQL, groups and prepares the tracks);
+- ``warm``: later searches with nothing changed (one change-log read, then the cached tracks);
+- ``after_enrolment``: the first search after 32 more records (reads the id column, loads the new rows, regroups);
+- ``camera_filter``: a record filter (grouped on every call from the cached records);
+- ``cosine``: the same searches without the scorer (a noise-free tenant).
+
+Scores are meaningless (random features); only time is measured. HTTP, the encoder and the JSON answer are not included.
 
     python benchmarks/group_search_scale.py --records 10000 100000 400000 --json docs/group_search_scale.json
 """
@@ -14,34 +22,58 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
-from contextlib import nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import create_engine, insert, update
+from sqlalchemy.orm import sessionmaker
 
+from app.db.tables import Base, GalleryHead, GalleryItem, Tenant
 from app.services.groups import GroupFilters, GroupSearch
 from models import DEFAULT_CHECKPOINT
 
+START = datetime(2026, 11, 1, tzinfo=UTC)
 
-def filled_search(records: int, per_track: int, dim: int, sigma: float, seed: int = 0) -> GroupSearch:
-    """A GroupSearch whose tenant-1 ``track_ref`` cache holds ``records`` synthetic released records."""
-    rng = np.random.default_rng(seed)
-    search = GroupSearch()
-    entry = search._entry(1, "track_ref")
-    clean = np.abs(rng.standard_normal((records, dim))).astype(np.float32)
+
+def add_records(sessions: sessionmaker, first: int, count: int, per_track: int, dim: int, sigma: float, rng: np.random.Generator) -> None:
+    """``count`` released records (ids from ``first``) and the change-log head moved past them, as an enrolment does."""
+    clean = np.abs(rng.standard_normal((count, dim)))
     clean /= np.linalg.norm(clean, axis=1, keepdims=True)
-    entry.ids = np.arange(1, records + 1, dtype=np.int64)
-    entry.keys = np.array([f"track-{i // per_track:07d}" for i in range(records)], dtype=object)
-    entry.subjects = np.array([None] * records, dtype=object)
-    entry.cameras = np.array([f"cam-{i % 4}" for i in range(records)], dtype=object)
-    entry.times = np.arange(records, dtype=np.int64) * 1_000_000 + 1_700_000_000_000_000
-    entry.sigmas = np.full(records, sigma)
-    entry.scales = np.ones(records)
-    entry.features = clean + rng.normal(0, sigma, clean.shape).astype(np.float32)
-    entry.sync = lambda *args, **kwargs: None  # type: ignore[method-assign]  # no SQL here
-    return search
+    noisy = (clean + rng.normal(0, sigma, clean.shape)).astype("<f4")
+    with sessions() as session:
+        for start in range(0, count, 20_000):
+            rows = [
+                {
+                    "tenant_id": 1,
+                    "camera_id": f"cam-{(first + i) % 4}",
+                    "captured_at": START + timedelta(seconds=first + i),
+                    "track_ref": f"track-{(first + i) // per_track:07d}",
+                    "feature": noisy[i].tobytes(),
+                    "mechanism": "gaussian",
+                    "epsilon": 32.0,
+                    "delta": 1e-5,
+                    "sensitivity": 2**0.5,
+                    "sigma": sigma,
+                    "clip_norm": 1.0,
+                    "noise_library": "benchmark",
+                }
+                for i in range(start, min(count, start + 20_000))
+            ]
+            session.execute(insert(GalleryItem), rows)
+        session.execute(update(GalleryHead).where(GalleryHead.tenant_id == 1).values(seq=GalleryHead.seq + count))
+        session.commit()
+
+
+def timed(search: GroupSearch, sessions: sessionmaker, query: np.ndarray, filters: GroupFilters, scorer: Any) -> float:
+    started = time.perf_counter()
+    hits, scoring = search.search(sessions, 1, "track_ref", query, 10, filters, scorer=scorer, split_sign=True)
+    elapsed = time.perf_counter() - started
+    assert len(hits) == 10 and scoring == ("likelihood" if scorer is not None else "cosine")
+    return 1000 * elapsed
 
 
 def main() -> None:
@@ -59,42 +91,54 @@ def main() -> None:
     scorer = embedder.track_scorer
     assert scorer is not None, "the default checkpoint carries a track scorer"
     dim = embedder.embedding_dim
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(0)
     queries = np.abs(rng.standard_normal((args.queries, dim))).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     results: list[dict[str, Any]] = []
     for records in args.records:
-        search = filled_search(records, args.records_per_track, dim, args.sigma)
-        for scoring, camera in (("likelihood", None), ("cosine", None), ("likelihood", ["cam-1", "cam-2"])):
-            filters = GroupFilters(camera_ids=camera)
-            times = []
-            for q in queries:
-                started = time.perf_counter()
-                hits, used = search.search(
-                    nullcontext,  # type: ignore[arg-type]  # sync is stubbed: no SQL session is opened
-                    1,
-                    "track_ref",
-                    q,
-                    10,
-                    filters,
-                    scorer=scorer if scoring == "likelihood" else None,
-                    split_sign=True,
-                )
-                times.append(time.perf_counter() - started)
-                assert used == scoring and len(hits) == 10
-            row = {
+        with tempfile.TemporaryDirectory(prefix="reid-groups-") as tmp:
+            engine = create_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
+            Base.metadata.create_all(engine)
+            sessions = sessionmaker(engine)
+            with sessions() as session:
+                session.add(Tenant(id=1, name="bench"))
+                session.add(GalleryHead(tenant_id=1, seq=0, pruned_seq=0))
+                session.commit()
+            started = time.perf_counter()
+            add_records(sessions, 0, records, args.records_per_track, dim, args.sigma, rng)
+            row: dict[str, Any] = {
                 "records": records,
                 "tracks": -(-records // args.records_per_track),
-                "scoring": scoring,
-                "camera_filter": camera is not None,
-                "median_ms": round(1000 * statistics.median(times), 1),
-                "max_ms": round(1000 * max(times), 1),
+                "fill_s": round(time.perf_counter() - started, 1),
             }
+            for name, used in (("likelihood", scorer), ("cosine", None)):
+                search = GroupSearch()
+                cold = timed(search, sessions, queries[0], GroupFilters(), used)
+                warm = [timed(search, sessions, q, GroupFilters(), used) for q in queries]
+                add_records(sessions, records + (0 if used is not None else 32), 32, args.records_per_track, dim, args.sigma, rng)
+                after = timed(search, sessions, queries[0], GroupFilters(), used)
+                filtered = [timed(search, sessions, q, GroupFilters(camera_ids=["cam-1", "cam-2"]), used) for q in queries[:3]]
+                row[name] = {
+                    "cold_ms": round(cold, 1),
+                    "warm_median_ms": round(statistics.median(warm), 1),
+                    "warm_max_ms": round(max(warm), 1),
+                    "after_enrolment_ms": round(after, 1),
+                    "camera_filter_median_ms": round(statistics.median(filtered), 1),
+                }
             results.append(row)
             print(row, flush=True)
+            engine.dispose()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "results": results}, f, indent=2)
+            json.dump(
+                {
+                    "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "command": "python benchmarks/group_search_scale.py",
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

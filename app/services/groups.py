@@ -9,9 +9,10 @@ post-processing: it costs no privacy, and the noise in a mean of n records has 1
 (``models/evaluation/tracks.py`` is the offline counterpart). Filters (cameras, capture time, subject) select the records that go into each centroid;
 ``min_score`` applies to the group's score. A group none of whose records pass the filters is not a hit.
 
-SQL stays the truth: every search reads the ids of the tenant's grouped records (the id column only), drops cached
-records that are gone (erasures, retention, other replicas' deletions) and loads the rows it has not seen (records
-never change once written, so a cached row is valid while its id exists). Only new rows' feature columns are read.
+SQL stays the truth: every search reads the tenant's change-log head (one row); when it has moved since the cache was
+filled, the search reads the ids of the tenant's grouped records (the id column only), drops cached records that are
+gone (erasures, retention, other replicas' deletions) and loads the rows it has not seen (records never change once
+written, so a cached row is valid while its id exists). Only new rows' feature columns are read.
 A search without record filters reuses the tenant's grouping (group sums, and the scorer's query-free track terms)
 until a sync changes the records; filtered searches group the records they keep on each call.
 """
@@ -27,7 +28,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.tables import GalleryItem
+from app.db.tables import GalleryHead, GalleryItem
 from models.evaluation.likelihood import PreparedTracks, TrackScorer, signed_features, track_noise_variance
 
 GroupBy = Literal["track_ref", "subject_ref"]
@@ -83,11 +84,22 @@ class _Records:
     scales: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))  # min(1, C): a unit feature's norm after clipping
     features: np.ndarray | None = None  # [N, D] float32, the released (noisy) features as stored
     version: int = 0  # bumped whenever the arrays change
+    synced_seq: int | None = None  # the tenant's change-log head when the arrays last matched SQL
     grouped: tuple[int, TrackScorer | None, bool, Grouped] | None = None  # all records grouped, with what it was built from
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sync(self, session: Session, tenant_id: int, group_by: GroupBy) -> None:
-        """Make the arrays hold exactly SQL's records of this tenant that have a ``group_by`` key."""
+        """Make the arrays hold exactly SQL's records of this tenant that have a ``group_by`` key.
+
+        Every write to a tenant's items appends to its change log and moves its head's ``seq`` in the same transaction
+        (tenant ids are never reused), so an unchanged ``seq`` means unchanged records: one primary-key read."""
+        seq = session.scalar(select(GalleryHead.seq).where(GalleryHead.tenant_id == tenant_id))
+        if seq is not None and seq == self.synced_seq:
+            return
+        self._reload(session, tenant_id, group_by)
+        self.synced_seq = seq  # read before the ids: a write in between only causes one more reload
+
+    def _reload(self, session: Session, tenant_id: int, group_by: GroupBy) -> None:
         column = getattr(GalleryItem, group_by)
         current = np.array(
             session.scalars(select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id, column.is_not(None))).all(), dtype=np.int64

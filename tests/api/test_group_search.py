@@ -274,13 +274,14 @@ def test_a_track_scorer_that_does_not_fit_the_features_is_dropped(settings):
 
 def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings):
     """Unfiltered grouped search reuses the tenant's grouping (and the scorer's track side) until its records change:
-    after enrolments, an erasure and a retention-style deletion by SQL alone, each answer equals a cold cache's."""
+    after enrolments, an erasure and another replica's deletion, each answer equals a cold cache's."""
     import torch
     from fastapi.testclient import TestClient
-    from sqlalchemy import delete
+    from sqlalchemy import select
 
     from app.db.tables import GalleryItem
     from app.main import create_app
+    from app.services.gallery import GalleryService
     from app.services.groups import GroupFilters, GroupSearch
     from app.services.images import ImageLimits, decode_crop
     from tests.conftest import jpeg_bytes
@@ -311,7 +312,7 @@ def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings)
         assert set(answers_agree()) == {"tA", "tB", "tC", "tD"}
         assert client.delete(f"/v1/gallery/{ids[2]}", headers={KEY_HEADERS: key}).status_code == 200
         assert "tB" not in answers_agree()
-        with state.sessions() as session:  # as another replica's retention would: SQL only
-            session.execute(delete(GalleryItem).where(GalleryItem.track_ref == "tC"))
-            session.commit()
+        with state.sessions() as session:  # another replica's deletion: SQL and the change log, not this cache
+            (track_c,) = session.scalars(select(GalleryItem.id).where(GalleryItem.track_ref == "tC")).all()
+        assert GalleryService.delete_items(state.gallery, 1, [track_c]) == 1
         assert set(answers_agree()) == {"tA", "tD"}
