@@ -10,9 +10,9 @@ post-processing: it costs no privacy, and the noise in a mean of n records has 1
 ``min_score`` applies to the group's score. A group none of whose records pass the filters is not a hit.
 
 SQL stays the truth: every search reads the tenant's change-log head (one row); when it has moved since the cache was
-filled, the search reads the ids of the tenant's grouped records (the id column only), drops cached records that are
-gone (erasures, retention, other replicas' deletions) and loads the rows it has not seen (records never change once
-written, so a cached row is valid while its id exists). Only new rows' feature columns are read.
+filled, the search reads the log since then (or, without a usable log, the ids of the tenant's grouped records), drops
+cached records that are gone (erasures, retention, other replicas' deletions) and loads the rows it has not seen
+(records never change once written, so a cached row is valid while its id exists). Only new rows are read.
 A search without record filters reuses the tenant's grouping (group sums, and the scorer's query-free track terms)
 until a sync changes the records; filtered searches group the records they keep on each call.
 """
@@ -28,12 +28,13 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.tables import GalleryHead, GalleryItem
+from app.db.tables import GalleryChange, GalleryHead, GalleryItem
 from models.evaluation.likelihood import PreparedTracks, TrackScorer, signed_features, track_noise_variance
 
 GroupBy = Literal["track_ref", "subject_ref"]
 GROUP_KEYS: tuple[GroupBy, ...] = ("track_ref", "subject_ref")
 _CHUNK = 5000  # keep IN lists within every backend's parameter limit
+_LOG_LIMIT = 50_000  # more changes than this since the last sync: read the ids instead of the log
 
 
 @dataclass(frozen=True)
@@ -92,27 +93,46 @@ class _Records:
         """Make the arrays hold exactly SQL's records of this tenant that have a ``group_by`` key.
 
         Every write to a tenant's items appends to its change log and moves its head's ``seq`` in the same transaction
-        (tenant ids are never reused), so an unchanged ``seq`` means unchanged records: one primary-key read."""
-        seq = session.scalar(select(GalleryHead.seq).where(GalleryHead.tenant_id == tenant_id))
+        (tenant ids are never reused), so an unchanged ``seq`` means unchanged records (one primary-key read), and the
+        log since the last sync says what changed. Without a usable log (first use, pruned past it, too long) the
+        tenant's grouped ids are read instead."""
+        head = session.execute(select(GalleryHead.seq, GalleryHead.pruned_seq).where(GalleryHead.tenant_id == tenant_id)).first()
+        seq, pruned = (int(head[0]), int(head[1])) if head is not None else (None, 0)
         if seq is not None and seq == self.synced_seq:
             return
-        self._reload(session, tenant_id, group_by)
-        self.synced_seq = seq  # read before the ids: a write in between only causes one more reload
+        if seq is None or self.synced_seq is None or pruned > self.synced_seq or seq - self.synced_seq > _LOG_LIMIT:
+            column = getattr(GalleryItem, group_by)
+            current = np.array(
+                session.scalars(select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id, column.is_not(None))).all(), dtype=np.int64
+            )
+            self._drop(~np.isin(self.ids, current))
+            self._load(session, tenant_id, group_by, np.setdiff1d(current, self.ids, assume_unique=True))
+        else:  # the changes after the last sync, up to the head read above (written in the same transactions as it)
+            changes = session.execute(
+                select(GalleryChange.item_id, GalleryChange.op).where(
+                    GalleryChange.tenant_id == tenant_id, GalleryChange.seq > self.synced_seq, GalleryChange.seq <= seq
+                )
+            ).all()
+            removed = np.array([item for item, op in changes if op == "del"], dtype=np.int64)
+            added = np.array([item for item, op in changes if op == "add"], dtype=np.int64)
+            self._drop(np.isin(self.ids, removed))
+            self._load(session, tenant_id, group_by, np.setdiff1d(added, np.concatenate([self.ids, removed])))
+        self.synced_seq = seq  # read before the records: a write in between only means one more sync
 
-    def _reload(self, session: Session, tenant_id: int, group_by: GroupBy) -> None:
-        column = getattr(GalleryItem, group_by)
-        current = np.array(
-            session.scalars(select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id, column.is_not(None))).all(), dtype=np.int64
-        )
-        keep = np.isin(self.ids, current)
-        if not keep.all():
-            self.ids, self.keys, self.subjects = self.ids[keep], self.keys[keep], self.subjects[keep]
-            self.cameras, self.times, self.sigmas, self.scales = self.cameras[keep], self.times[keep], self.sigmas[keep], self.scales[keep]
-            self.features = None if self.features is None or not keep.any() else self.features[keep]
-            self.version += 1
-        missing = np.setdiff1d(current, self.ids, assume_unique=True)
-        if missing.size == 0:
+    def _drop(self, gone: np.ndarray) -> None:
+        if not gone.any():
             return
+        keep = ~gone
+        self.ids, self.keys, self.subjects = self.ids[keep], self.keys[keep], self.subjects[keep]
+        self.cameras, self.times, self.sigmas, self.scales = self.cameras[keep], self.times[keep], self.sigmas[keep], self.scales[keep]
+        self.features = None if self.features is None or not keep.any() else self.features[keep]
+        self.version += 1
+
+    def _load(self, session: Session, tenant_id: int, group_by: GroupBy, item_ids: np.ndarray) -> None:
+        """Append the rows of ``item_ids`` that exist and have a ``group_by`` key."""
+        if item_ids.size == 0:
+            return
+        column = getattr(GalleryItem, group_by)
         columns = (
             GalleryItem.id,
             column,
@@ -124,10 +144,10 @@ class _Records:
             GalleryItem.clip_norm,
         )
         rows: list[Any] = []
-        for start in range(0, missing.size, _CHUNK):
-            chunk = [int(i) for i in missing[start : start + _CHUNK]]
-            rows.extend(session.execute(select(*columns).where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(chunk))).all())
-        rows = [r for r in rows if r[1] is not None]
+        for start in range(0, item_ids.size, _CHUNK):
+            chunk = [int(i) for i in item_ids[start : start + _CHUNK]]
+            where = (GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(chunk), column.is_not(None))
+            rows.extend(session.execute(select(*columns).where(*where)).all())
         if not rows:
             return
         features = np.stack([np.frombuffer(r[5], dtype="<f4") for r in rows]).astype(np.float32)

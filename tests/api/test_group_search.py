@@ -274,7 +274,9 @@ def test_a_track_scorer_that_does_not_fit_the_features_is_dropped(settings):
 
 def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings):
     """Unfiltered grouped search reuses the tenant's grouping (and the scorer's track side) until its records change:
-    after enrolments, an erasure and another replica's deletion, each answer equals a cold cache's."""
+    after enrolments, an erasure, another replica's deletion and a pruned log, each answer equals a cold cache's."""
+    from datetime import UTC, datetime, timedelta
+
     import torch
     from fastapi.testclient import TestClient
     from sqlalchemy import select
@@ -315,4 +317,10 @@ def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings)
         with state.sessions() as session:  # another replica's deletion: SQL and the change log, not this cache
             (track_c,) = session.scalars(select(GalleryItem.id).where(GalleryItem.track_ref == "tC")).all()
         assert GalleryService.delete_items(state.gallery, 1, [track_c]) == 1
+        assert set(answers_agree()) == {"tA", "tD"}
+        # a change whose log rows are pruned before the next search: the ids are read instead of the log
+        assert client.delete(f"/v1/gallery/{ids[0]}", headers={KEY_HEADERS: key}).status_code == 200
+        state.gallery.prune_change_log(datetime.now(UTC) + timedelta(minutes=1))
+        remaining = {tuple(h["item_ids"]) for h in search(client, key, 2, k=10, group_by="track_ref").json()["hits"]}
+        assert all(ids[0] not in item_ids for item_ids in remaining)
         assert set(answers_agree()) == {"tA", "tD"}
