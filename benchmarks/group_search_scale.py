@@ -32,7 +32,7 @@ import numpy as np
 from sqlalchemy import create_engine, insert, update
 from sqlalchemy.orm import sessionmaker
 
-from app.db.tables import Base, GalleryHead, GalleryItem, Tenant
+from app.db.tables import Base, GalleryChange, GalleryHead, GalleryItem, Tenant
 from app.services.groups import GroupFilters, GroupSearch
 from models import DEFAULT_CHECKPOINT
 
@@ -63,8 +63,12 @@ def add_records(sessions: sessionmaker, first: int, count: int, per_track: int, 
                 }
                 for i in range(start, min(count, start + 20_000))
             ]
-            session.execute(insert(GalleryItem), rows)
-        session.execute(update(GalleryHead).where(GalleryHead.tenant_id == 1).values(seq=GalleryHead.seq + count))
+            ids = session.scalars(insert(GalleryItem).returning(GalleryItem.id, sort_by_parameter_order=True), rows).all()
+            now = datetime.now(UTC)
+            seqs = session.scalars(
+                insert(GalleryChange).returning(GalleryChange.seq), [{"tenant_id": 1, "item_id": i, "op": "add", "at": now} for i in ids]
+            ).all()
+            session.execute(update(GalleryHead).where(GalleryHead.tenant_id == 1).values(seq=max(seqs)))
         session.commit()
 
 
@@ -117,6 +121,7 @@ def main() -> None:
                 warm = [timed(search, sessions, q, GroupFilters(), used) for q in queries]
                 add_records(sessions, records + (0 if used is not None else 32), 32, args.records_per_track, dim, args.sigma, rng)
                 after = timed(search, sessions, queries[0], GroupFilters(), used)
+                assert search._entry(1, "track_ref").ids.size == records + (32 if used is not None else 64)  # the new records were read
                 filtered = [timed(search, sessions, q, GroupFilters(camera_ids=["cam-1", "cam-2"]), used) for q in queries[:3]]
                 row[name] = {
                     "cold_ms": round(cold, 1),

@@ -77,7 +77,9 @@ class _Records:
     """A tenant's grouped records (one grouping): parallel arrays, in no particular order."""
 
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # each record's group: an index into ``names``
+    names: list[str] = field(default_factory=list)  # group keys by code (append-only between compactions)
+    code_of: dict[str, int] = field(default_factory=dict)
     subjects: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     cameras: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     times: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # µs since the epoch
@@ -119,14 +121,27 @@ class _Records:
             self._load(session, tenant_id, group_by, np.setdiff1d(added, np.concatenate([self.ids, removed])))
         self.synced_seq = seq  # read before the records: a write in between only means one more sync
 
+    def _code(self, key: str) -> int:
+        code = self.code_of.get(key)
+        if code is None:
+            code = self.code_of[key] = len(self.names)
+            self.names.append(key)
+        return code
+
     def _drop(self, gone: np.ndarray) -> None:
         if not gone.any():
             return
         keep = ~gone
-        self.ids, self.keys, self.subjects = self.ids[keep], self.keys[keep], self.subjects[keep]
+        self.ids, self.codes, self.subjects = self.ids[keep], self.codes[keep], self.subjects[keep]
         self.cameras, self.times, self.sigmas, self.scales = self.cameras[keep], self.times[keep], self.sigmas[keep], self.scales[keep]
         self.features = None if self.features is None or not keep.any() else self.features[keep]
         self.version += 1
+        live = np.unique(self.codes)
+        if len(self.names) > 2 * live.size + 1024:  # renumber once most codes belong to groups that are gone
+            renumber = np.full(len(self.names), -1, dtype=np.int64)
+            renumber[live] = np.arange(live.size)
+            names = [self.names[int(c)] for c in live]
+            self.codes, self.names, self.code_of = renumber[self.codes], names, {name: i for i, name in enumerate(names)}
 
     def _load(self, session: Session, tenant_id: int, group_by: GroupBy, item_ids: np.ndarray) -> None:
         """Append the rows of ``item_ids`` that exist and have a ``group_by`` key."""
@@ -155,14 +170,14 @@ class _Records:
             raise ValueError("records of different embedding sizes in one gallery")
         # every new array is built before any is assigned, so a failure leaves the cache as it was (aligned)
         ids = np.concatenate([self.ids, np.array([r[0] for r in rows], dtype=np.int64)])
-        keys = np.concatenate([self.keys, np.array([r[1] for r in rows], dtype=object)])
+        codes = np.concatenate([self.codes, np.array([self._code(str(r[1])) for r in rows], dtype=np.int64)])
         subjects = np.concatenate([self.subjects, np.array([r[2] for r in rows], dtype=object)])
         cameras = np.concatenate([self.cameras, np.array([r[3] for r in rows], dtype=object)])
         times = np.concatenate([self.times, np.array([_micros(r[4]) for r in rows], dtype=np.int64)])
         sigmas = np.concatenate([self.sigmas, np.array([r[6] for r in rows], dtype=np.float64)])
         scales = np.concatenate([self.scales, np.minimum(1.0, np.array([r[7] for r in rows], dtype=np.float64))])
         all_features = features if self.features is None else np.concatenate([self.features, features])
-        self.ids, self.keys, self.subjects, self.cameras, self.times, self.sigmas = ids, keys, subjects, cameras, times, sigmas
+        self.ids, self.codes, self.subjects, self.cameras, self.times, self.sigmas = ids, codes, subjects, cameras, times, sigmas
         self.scales = scales
         self.features = all_features
         self.version += 1
@@ -204,8 +219,8 @@ class GroupSearch:
         with entry.lock:
             with sessions() as session:
                 entry.sync(session, tenant_id, group_by)
-            ids, keys, subjects, cameras, times, features = entry.ids, entry.keys, entry.subjects, entry.cameras, entry.times, entry.features
-            sigmas, scales, version = entry.sigmas, entry.scales, entry.version
+            ids, codes, subjects, cameras, times, features = entry.ids, entry.codes, entry.subjects, entry.cameras, entry.times, entry.features
+            sigmas, scales, version, names = entry.sigmas, entry.scales, entry.version, entry.names
         # the scorer's dimension was checked at start-up (app.main.track_scorer_for)
         scoring: Scoring = "likelihood" if scorer is not None and (sigmas > 0).any() else "cosine"
         if features is None or ids.size == 0:
@@ -225,16 +240,17 @@ class GroupSearch:
         if mask.all():  # no record filter: the tenant's grouping is reused until its records change
             used = scorer if likelihood else None
             cached = entry.grouped
-            if cached is not None and cached[0] == version and cached[1] is used and cached[2] == split_sign:
+            same_kind = cached is not None and cached[1] is used and cached[2] == split_sign
+            if cached is not None and same_kind and cached[0] == version:
                 grouped = cached[3]
-            else:
-                grouped = Grouped.of(keys, features, sigmas, scales, used, split_sign)
+            else:  # the previous grouping's prepared tracks are reused for groups whose records did not change
+                grouped = Grouped.of(codes, names, features, sigmas, scales, used, split_sign, previous=cached[3] if cached and same_kind else None)
                 entry.grouped = (version, used, split_sign, grouped)
         else:
-            ids, keys, cameras, times = ids[mask], keys[mask], cameras[mask], times[mask]
-            grouped = Grouped.of(keys, features[mask], sigmas[mask], scales[mask], scorer if likelihood else None, split_sign)
+            ids, codes, cameras, times = ids[mask], codes[mask], cameras[mask], times[mask]
+            grouped = Grouped.of(codes, names, features[mask], sigmas[mask], scales[mask], scorer if likelihood else None, split_sign)
         scores = grouped.scores(np.asarray(query, dtype=np.float64).reshape(-1))
-        group_names, order, starts = grouped.names, grouped.order, grouped.starts
+        group_names = grouped.names
         candidates = np.arange(len(group_names))
         if filters.min_score is not None:
             candidates = candidates[scores >= filters.min_score]
@@ -242,10 +258,9 @@ class GroupSearch:
             candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
         # best first; ties by group key for a stable answer
         ranked = sorted(candidates.tolist(), key=lambda g: (-scores[g], group_names[g]))
-        bounds = np.r_[starts, order.size]
         hits = []
         for g in ranked:
-            members = order[bounds[g] : bounds[g + 1]]
+            members = np.flatnonzero(grouped.group_of == g)
             member_times = times[members]
             hits.append(
                 GroupHit(
@@ -264,33 +279,52 @@ class GroupSearch:
 class Grouped:
     """Records grouped by key and ready to score: the track side of the scorer, or the normalised centroids."""
 
-    names: np.ndarray  # [G] group keys, sorted
-    order: np.ndarray  # record indices sorted by group
-    starts: np.ndarray  # [G] where each group begins in ``order``
+    names: np.ndarray  # [G] group keys
+    group_of: np.ndarray  # [N] each record's group
+    live: np.ndarray  # [G] each group's code (sorted)
     prepared: PreparedTracks | None  # likelihood scoring
     centroids: np.ndarray | None  # [G, D] cosine scoring: unit means (signed form for split-sign features)
     split_sign: bool
+    track_sums: np.ndarray | None = None  # likelihood: [G, D] what each prepared row was computed from, with
+    track_counts: np.ndarray | None = None  # the counts and noise variances (a later grouping reuses equal rows)
+    track_noise: np.ndarray | None = None
 
     @classmethod
     def of(
-        cls, keys: np.ndarray, features: np.ndarray, sigmas: np.ndarray, scales: np.ndarray, scorer: TrackScorer | None, split_sign: bool
+        cls,
+        codes: np.ndarray,
+        names: list[str],
+        features: np.ndarray,
+        sigmas: np.ndarray,
+        scales: np.ndarray,
+        scorer: TrackScorer | None,
+        split_sign: bool,
+        previous: Grouped | None = None,
     ) -> Grouped:
-        """Group records by ``keys``; with a ``scorer``, features (and σ) are first rescaled by ``scales``: the
-        scorer's model is of unit features, so a clipping norm C < 1 is undone."""
-        names, inverse = np.unique(keys.astype(str), return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+        """Group records by their ``codes`` (indices into ``names``); with a ``scorer``, features (and σ) are first
+        rescaled by ``scales``: the scorer's model is of unit features, so a clipping norm C < 1 is undone.
+
+        A prepared track depends only on its mean and noise variance, so rows of ``previous`` (an earlier grouping with
+        the same scorer) whose sums, counts and noise are equal are copied instead of computed again."""
+        from scipy.sparse import csr_matrix
+
+        live, group_of = np.unique(codes, return_inverse=True)
+        group_names = np.array([names[int(c)] for c in live], dtype=object)
         if scorer is not None:
             features, sigmas = features / scales[:, None], sigmas / scales
-        sums = np.add.reduceat(features[order].astype(np.float64), starts, axis=0)
+        else:
+            features = features.astype(np.float64)
+        membership = csr_matrix((np.ones(codes.size), (group_of, np.arange(codes.size))), shape=(live.size, codes.size))
+        sums = np.asarray(membership @ features)
         if scorer is not None:
-            counts = np.bincount(inverse, minlength=len(names)).astype(np.float64)
-            prepared = scorer.prepare(sums / counts[:, None], track_noise_variance(sigmas, inverse, len(names)), dtype=np.float32)
-            return cls(names, order, starts, prepared, None, split_sign)
+            counts = np.bincount(group_of, minlength=live.size).astype(np.float64)
+            noise = track_noise_variance(sigmas, group_of, live.size)
+            prepared = _prepare_reusing(scorer, live, sums, counts, noise, previous)
+            return cls(group_names, group_of, live, prepared, None, split_sign, sums, counts, noise)
         if split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
             sums = signed_features(sums)
         centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        return cls(names, order, starts, None, centroids, split_sign)
+        return cls(group_names, group_of, live, None, centroids, split_sign)
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """One score per group for a clean query (float64)."""
@@ -300,3 +334,31 @@ class Grouped:
         if self.split_sign:
             query = signed_features(query)
         return self.centroids @ (query / max(float(np.linalg.norm(query)), 1e-12))
+
+
+def _prepare_reusing(
+    scorer: TrackScorer, live: np.ndarray, sums: np.ndarray, counts: np.ndarray, noise: np.ndarray, previous: Grouped | None
+) -> PreparedTracks:
+    """``scorer.prepare`` of every group's mean (float32), copying the rows of ``previous`` whose inputs are equal."""
+    reuse = np.zeros(live.size, dtype=bool)
+    source = np.zeros(live.size, dtype=np.int64)
+    old = previous.prepared if previous is not None else None
+    if previous is not None and old is not None and previous.track_sums is not None and previous.live.size:
+        assert previous.track_counts is not None and previous.track_noise is not None
+        source = np.minimum(np.searchsorted(previous.live, live), previous.live.size - 1)
+        reuse = (previous.live[source] == live) & (previous.track_counts[source] == counts) & (previous.track_noise[source] == noise)
+        reuse[reuse] &= (previous.track_sums[source[reuse]] == sums[reuse]).all(axis=1)
+    fresh = ~reuse
+    computed = scorer.prepare(sums[fresh] / counts[fresh, None], noise[fresh], dtype=np.float32)
+    if old is None or not reuse.any():
+        return computed
+    weighted = np.empty((live.size, computed.weighted.shape[1]), dtype=np.float32)
+    inverse_variance = np.empty_like(weighted)
+    offset = np.empty(live.size, dtype=np.float32)
+    for target, new_rows, old_rows in (
+        (weighted, computed.weighted, old.weighted),
+        (inverse_variance, computed.inverse_variance, old.inverse_variance),
+        (offset, computed.offset, old.offset),
+    ):
+        target[fresh], target[reuse] = new_rows, old_rows[source[reuse]]
+    return PreparedTracks(computed.mean, computed.expectation, weighted, inverse_variance, offset)

@@ -84,12 +84,15 @@ class TrackScorer:
         total_values, total_vectors = np.linalg.eigh(total_clean)
         residual_values, residual_vectors = np.linalg.eigh(0.5 * (residual + residual.T))
         y_c, y_t = y @ residual_vectors, y @ total_vectors
-        inv_c = 1.0 / (residual_values[None, :] + noise_var[:, None])  # [T, D]
-        inv_t = 1.0 / (total_values[None, :] + noise_var[:, None])
-        track_terms = 0.5 * ((y_t**2 * inv_t).sum(axis=1) - (y_c**2 * inv_c).sum(axis=1))
-        log_det = 0.5 * (
-            np.log(total_values[None, :] + noise_var[:, None]).sum(axis=1) - np.log(residual_values[None, :] + noise_var[:, None]).sum(axis=1)
+        # tracks share a few noise levels (σ and record counts repeat): the per-level terms once per distinct level
+        levels, level_of = np.unique(noise_var, return_inverse=True)
+        inv_c_levels = 1.0 / (residual_values[None, :] + levels[:, None])
+        inv_c, inv_t = inv_c_levels[level_of], (1.0 / (total_values[None, :] + levels[:, None]))[level_of]  # [T, D]
+        log_det_levels = 0.5 * (
+            np.log(total_values[None, :] + levels[:, None]).sum(axis=1) - np.log(residual_values[None, :] + levels[:, None]).sum(axis=1)
         )
+        track_terms = 0.5 * ((y_t**2 * inv_t).sum(axis=1) - (y_c**2 * inv_c).sum(axis=1))
+        log_det = log_det_levels[level_of]
         return PreparedTracks(
             mean=self.mean,
             expectation=gain.T @ residual_vectors,

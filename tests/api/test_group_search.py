@@ -312,6 +312,10 @@ def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings)
         assert state.gallery.groups._entry(1, "track_ref").grouped is cached  # nothing changed: reused
         assert enroll(client, key, [6, 7], [meta("c4", track_ref="tD"), meta("c4", track_ref="tA")]).status_code == 201
         assert set(answers_agree()) == {"tA", "tB", "tC", "tD"}
+        # one of tA's records replaced between two searches: same count and noise, another mean
+        assert client.delete(f"/v1/gallery/{ids[1]}", headers={KEY_HEADERS: key}).status_code == 200
+        assert enroll(client, key, [8], [meta("c5", track_ref="tA")]).status_code == 201
+        assert set(answers_agree()) == {"tA", "tB", "tC", "tD"}
         assert client.delete(f"/v1/gallery/{ids[2]}", headers={KEY_HEADERS: key}).status_code == 200
         assert "tB" not in answers_agree()
         with state.sessions() as session:  # another replica's deletion: SQL and the change log, not this cache
@@ -324,3 +328,23 @@ def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings)
         remaining = {tuple(h["item_ids"]) for h in search(client, key, 2, k=10, group_by="track_ref").json()["hits"]}
         assert all(ids[0] not in item_ids for item_ids in remaining)
         assert set(answers_agree()) == {"tA", "tD"}
+
+
+def test_group_codes_are_renumbered_once_most_groups_are_gone():
+    """Record caches map group keys to integer codes; when erased groups leave most codes unused, they are renumbered
+    and every kept record still names its own group."""
+    from app.services.groups import _Records
+
+    records = _Records()
+    keys = [f"track-{i}" for i in range(3000)]
+    codes = np.array([records._code(key) for key in keys], dtype=np.int64)
+    records.ids, records.codes = np.arange(3000, dtype=np.int64), codes
+    records.subjects = records.cameras = np.array([None] * 3000, dtype=object)
+    records.times, records.sigmas, records.scales = np.zeros(3000, dtype=np.int64), np.zeros(3000), np.ones(3000)
+    records.features = np.zeros((3000, 4), dtype=np.float32)
+    records._drop(np.arange(3000) >= 100)  # 2,900 groups gone
+    assert len(records.names) == 100 and records.codes.max() == 99
+    assert [records.names[c] for c in records.codes] == keys[:100]
+    assert all(records.code_of[records.names[c]] == c for c in records.codes)
+    records._drop(np.arange(100) >= 90)  # a few more: no renumbering below the threshold
+    assert len(records.names) == 100 and [records.names[c] for c in records.codes] == keys[:90]
