@@ -7,8 +7,9 @@ service writes them (items, change log head). ``GroupSearch.search`` — what ``
 likelihood scorer:
 
 - ``cold``: the first search (reads every grouped record from SQL, groups and prepares the tracks);
-- ``warm``: later searches with nothing changed (one change-log read, then the cached tracks);
-- ``after_enrolment``: the first search after 32 more records (reads the id column, loads the new rows, regroups);
+- ``warm``: later searches with nothing changed (one read of the change-log head, then the cached tracks);
+- ``after_enrolment``: the first search after 32 more records (reads the log since the last search, loads the new
+  rows, regroups, prepares the changed tracks only);
 - ``camera_filter``: a record filter (grouped on every call from the cached records);
 - ``cosine``: the same searches without the scorer (a noise-free tenant).
 

@@ -456,14 +456,20 @@ class GalleryService:
             if action == "built" or index.cursor < pruned:
                 skip = self._rebuild(index)
                 action = "rebuilt" if action != "built" else action
-            self._apply_log(index, skip)
+            if not self._apply_log(index, skip):  # pruned past the cursor meanwhile
+                self._rebuild_and_apply(index)
+                action = "rebuilt"
             if first:
                 index.loaded = True
                 if index.size != self.count(tenant_id):  # a file that does not match SQL (or a write raced this check): start over
-                    skip = self._rebuild(index)
-                    self._apply_log(index, skip)
+                    self._rebuild_and_apply(index)
                     action = "rebuilt"
             return action
+
+    def _rebuild_and_apply(self, index: TenantIndex) -> None:
+        """Refill from the items, then apply what was logged meanwhile (a rebuild starts at the head, past any prune)."""
+        while not self._apply_log(index, self._rebuild(index)):
+            pass
 
     def _rebuild(self, index: TenantIndex) -> set[int]:
         """Refill from the items table; returns the ids loaded (changes logged meanwhile must not add them twice)."""
@@ -490,8 +496,9 @@ class GalleryService:
             loaded.update(int(i) for i in ids)
             last = int(ids[-1])
 
-    def _apply_log(self, index: TenantIndex, skip: set[int]) -> None:
-        """Apply the tenant's changes after the index's cursor, in order (callers hold ``index.sync_lock``)."""
+    def _apply_log(self, index: TenantIndex, skip: set[int]) -> bool:
+        """Apply the tenant's changes after the index's cursor, in order (callers hold ``index.sync_lock``); False when
+        the log was pruned past the cursor (a prune may commit while the log is read): the index needs a rebuild."""
         tenant_id = index.tenant_id
         while True:
             with self.sessions() as session:
@@ -501,8 +508,11 @@ class GalleryService:
                     .order_by(GalleryChange.seq)
                     .limit(IN_CHUNK)
                 ).all()
+                # read after the log: a prune that removed rows of it had committed, and shows in pruned_seq
+                if int(session.scalar(select(GalleryHead.pruned_seq).where(GalleryHead.tenant_id == tenant_id)) or 0) > index.cursor:
+                    return False
                 if not changes:
-                    return
+                    return True
                 removed = {int(item) for _, item, op in changes if op == "del"}
                 wanted = [int(item) for _, item, op in changes if op == "add" and int(item) not in removed and int(item) not in skip]
                 rows = (

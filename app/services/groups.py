@@ -34,7 +34,7 @@ from models.evaluation.likelihood import PreparedTracks, TrackScorer, signed_fea
 GroupBy = Literal["track_ref", "subject_ref"]
 GROUP_KEYS: tuple[GroupBy, ...] = ("track_ref", "subject_ref")
 _CHUNK = 5000  # keep IN lists within every backend's parameter limit
-_LOG_LIMIT = 50_000  # more changes than this since the last sync: read the ids instead of the log
+_LOG_LIMIT = 50_000  # more of the tenant's changes than this since the last sync: read the ids instead of the log
 
 
 @dataclass(frozen=True)
@@ -89,37 +89,50 @@ class _Records:
     version: int = 0  # bumped whenever the arrays change
     synced_seq: int | None = None  # the tenant's change-log head when the arrays last matched SQL
     grouped: tuple[int, TrackScorer | None, bool, Grouped] | None = None  # all records grouped, with what it was built from
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the arrays (sync and snapshot)
+    build_lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``grouped`` (its build and replacement)
 
     def sync(self, session: Session, tenant_id: int, group_by: GroupBy) -> None:
         """Make the arrays hold exactly SQL's records of this tenant that have a ``group_by`` key.
 
         Every write to a tenant's items appends to its change log and moves its head's ``seq`` in the same transaction
         (tenant ids are never reused), so an unchanged ``seq`` means unchanged records (one primary-key read), and the
-        log since the last sync says what changed. Without a usable log (first use, pruned past it, too long) the
-        tenant's grouped ids are read instead."""
-        head = session.execute(select(GalleryHead.seq, GalleryHead.pruned_seq).where(GalleryHead.tenant_id == tenant_id)).first()
-        seq, pruned = (int(head[0]), int(head[1])) if head is not None else (None, 0)
+        log since the last sync says what changed. Without a usable log (first use, a head that went backwards, a log
+        pruned past the last sync, even while it was being read, or more than ``_LOG_LIMIT`` changes) the tenant's
+        grouped ids are read instead."""
+        seq, pruned = self._head(session, tenant_id)
         if seq is not None and seq == self.synced_seq:
             return
-        if seq is None or self.synced_seq is None or pruned > self.synced_seq or seq - self.synced_seq > _LOG_LIMIT:
+        changes = None
+        if seq is not None and self.synced_seq is not None and self.synced_seq < seq and pruned <= self.synced_seq:
+            # the changes after the last sync, up to the head read above (written in the same transactions as it)
+            changes = session.execute(
+                select(GalleryChange.item_id, GalleryChange.op)
+                .where(GalleryChange.tenant_id == tenant_id, GalleryChange.seq > self.synced_seq, GalleryChange.seq <= seq)
+                .limit(_LOG_LIMIT + 1)
+            ).all()
+            # a prune that committed before the log was read has removed rows of it: then its pruned_seq shows it
+            if len(changes) > _LOG_LIMIT or self._head(session, tenant_id)[1] > self.synced_seq:
+                changes = None
+        if changes is None:
             column = getattr(GalleryItem, group_by)
             current = np.array(
                 session.scalars(select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id, column.is_not(None))).all(), dtype=np.int64
             )
             self._drop(~np.isin(self.ids, current))
             self._load(session, tenant_id, group_by, np.setdiff1d(current, self.ids, assume_unique=True))
-        else:  # the changes after the last sync, up to the head read above (written in the same transactions as it)
-            changes = session.execute(
-                select(GalleryChange.item_id, GalleryChange.op).where(
-                    GalleryChange.tenant_id == tenant_id, GalleryChange.seq > self.synced_seq, GalleryChange.seq <= seq
-                )
-            ).all()
+        else:
             removed = np.array([item for item, op in changes if op == "del"], dtype=np.int64)
             added = np.array([item for item, op in changes if op == "add"], dtype=np.int64)
             self._drop(np.isin(self.ids, removed))
             self._load(session, tenant_id, group_by, np.setdiff1d(added, np.concatenate([self.ids, removed])))
         self.synced_seq = seq  # read before the records: a write in between only means one more sync
+
+    @staticmethod
+    def _head(session: Session, tenant_id: int) -> tuple[int | None, int]:
+        """The tenant's change-log head: (seq, pruned_seq); (None, 0) before its first write."""
+        head = session.execute(select(GalleryHead.seq, GalleryHead.pruned_seq).where(GalleryHead.tenant_id == tenant_id)).first()
+        return (int(head[0]), int(head[1])) if head is not None else (None, 0)
 
     def _code(self, key: str) -> int:
         code = self.code_of.get(key)
@@ -239,13 +252,16 @@ class GroupSearch:
         likelihood = scoring == "likelihood"
         if mask.all():  # no record filter: the tenant's grouping is reused until its records change
             used = scorer if likelihood else None
-            cached = entry.grouped
-            same_kind = cached is not None and cached[1] is used and cached[2] == split_sign
-            if cached is not None and same_kind and cached[0] == version:
-                grouped = cached[3]
-            else:  # the previous grouping's prepared tracks are reused for groups whose records did not change
-                grouped = Grouped.of(codes, names, features, sigmas, scales, used, split_sign, previous=cached[3] if cached and same_kind else None)
-                entry.grouped = (version, used, split_sign, grouped)
+            with entry.build_lock:  # one build per change: concurrent searches wait for it and share it
+                cached = entry.grouped
+                same_kind = cached is not None and cached[1] is used and cached[2] == split_sign
+                if cached is not None and same_kind and cached[0] == version:
+                    grouped = cached[3]
+                else:  # the previous grouping's prepared tracks are reused for groups whose records did not change
+                    previous = cached[3] if cached is not None and same_kind else None
+                    grouped = Grouped.of(codes, names, features, sigmas, scales, used, split_sign, previous=previous)
+                    if cached is None or not same_kind or version > cached[0]:  # never replace a newer grouping
+                        entry.grouped = (version, used, split_sign, grouped)
         else:
             ids, codes, cameras, times = ids[mask], codes[mask], cameras[mask], times[mask]
             grouped = Grouped.of(codes, names, features[mask], sigmas[mask], scales[mask], scorer if likelihood else None, split_sign)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -16,6 +19,7 @@ ALLOWED_CONTENT_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "
 
 
 EXIF_ORIENTATION = 0x0112
+log = logging.getLogger("reid.images")
 
 
 TURBO_MODES = {"RGB", "L"}  # JPEG colour spaces libjpeg-turbo's RGB output decodes exactly as PIL's convert("RGB")
@@ -27,21 +31,51 @@ def jpeg_draft_scale(width: int, height: int, size: tuple[int, int]) -> int:
     return next((s for s in (8, 4, 2) if ratio >= s), 1)
 
 
-def decode_jpeg_turbo(data: bytes, width: int, height: int, size: tuple[int, int]) -> torch.Tensor | None:
-    """A validated baseline JPEG decoded by libjpeg-turbo through ``simplejpeg`` (about 4x faster than PIL's decoder on
-    the service's crops; same library, same DCT and upsampling, so the same pixels as PIL's path, draft scale included),
-    then resized as ``pil_to_uint8`` does. None when simplejpeg is absent or declines the file: PIL then decides."""
+@functools.cache
+def turbo_agrees_with_pil() -> bool:
+    """Whether ``simplejpeg`` is installed and decodes exactly as Pillow here (each bundles its own libjpeg-turbo):
+    checked once on generated crops (4:2:0 and 4:4:4, baseline and progressive, full and half DCT scale)."""
     try:
         import simplejpeg
     except ImportError:
+        return False
+    rng = np.random.default_rng(0)
+    for width, height, subsampling, progressive in ((60, 150, 2, False), (64, 128, 0, True), (300, 700, 2, True)):
+        image = Image.fromarray(rng.integers(0, 256, (height // 10, width // 10, 3), dtype=np.uint8)).resize((width, height))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90, subsampling=subsampling, progressive=progressive)
+        data = buffer.getvalue()
+        scale = jpeg_draft_scale(width, height, (128, 64))
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("RGB", (64 * 2, 128 * 2))
+            pil = np.array(img.convert("RGB"))
+        try:
+            turbo = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=pil.shape[0], min_width=pil.shape[1], min_factor=scale)
+        except (ValueError, RuntimeError):
+            turbo = None
+        if turbo is None or not np.array_equal(turbo, pil):
+            log.warning("simplejpeg does not decode as Pillow does here: JPEG crops are decoded by Pillow (slower)")
+            return False
+    return True
+
+
+def decode_jpeg_turbo(data: bytes, width: int, height: int, size: tuple[int, int]) -> torch.Tensor | None:
+    """A validated JPEG (baseline or progressive) decoded by libjpeg-turbo through ``simplejpeg`` (about 4x faster than
+    PIL's decoder on the service's crops; same library, same DCT and upsampling, so the same pixels as PIL's path, draft
+    scale included: ``turbo_agrees_with_pil`` checks it once), then resized as ``pil_to_uint8`` does. None when
+    simplejpeg is absent, disagrees with Pillow, or declines the file: PIL then decides (a file it declines is decoded
+    twice, the price of PIL's leniency)."""
+    if not turbo_agrees_with_pil():
         return None
+    import simplejpeg
+
     from models.data.transforms import array_to_uint8
 
     scale = jpeg_draft_scale(width, height, size)
     expected = (-(-height // scale), -(-width // scale))
     try:
         rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=expected[0], min_width=expected[1], min_factor=scale)
-    except ValueError:  # corrupt or unusual (libjpeg warnings are errors here): PIL's lenient decoder gets the last word
+    except (ValueError, RuntimeError):  # corrupt or unusual (libjpeg warnings are errors here): PIL's lenient decoder decides
         return None
     if rgb.shape[:2] != expected:
         return None

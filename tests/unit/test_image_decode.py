@@ -83,19 +83,22 @@ def _pil_only(monkeypatch: pytest.MonkeyPatch) -> None:
         (1000, 2000, "RGB"),
         (1100, 2300, "RGB"),
         (90, 200, "L"),
+        (64, 128, "progressive"),
+        (520, 1030, "progressive"),
     ],
 )
 def test_the_libjpeg_turbo_path_gives_exactly_the_pil_paths_pixels(monkeypatch: pytest.MonkeyPatch, width: int, height: int, mode: str) -> None:
     """Same pixels as PIL's decoder, its draft scale (1/2, 1/4, 1/8 for large crops) included: features do not move."""
     data = jpeg(width=width, height=height, seed=width)
-    if mode == "L":
+    if mode != "RGB":
         buf = io.BytesIO()
-        Image.open(io.BytesIO(data)).convert("L").save(buf, format="JPEG", quality=90)
+        image = Image.open(io.BytesIO(data))
+        (image.convert("L") if mode == "L" else image).save(buf, format="JPEG", quality=90, progressive=mode == "progressive")
         data = buf.getvalue()
     size = (128, 64)
     scale = images.jpeg_draft_scale(width, height, size)
     turbo = images.decode_jpeg_turbo(data, width, height, size)
-    assert turbo is not None, "simplejpeg is a dependency: the fast path must take a baseline JPEG"
+    assert turbo is not None, "simplejpeg is a dependency: the fast path must take a baseline or progressive JPEG"
     fast = decode_crop(data, name="a", content_type="image/jpeg", limits=LIMITS, size=size)
     _pil_only(monkeypatch)
     pil = decode_crop(data, name="a", content_type="image/jpeg", limits=LIMITS, size=size)
@@ -145,3 +148,11 @@ def test_rotated_and_cmyk_jpegs_stay_on_the_pil_path(monkeypatch: pytest.MonkeyP
     assert calls == []
     decode_crop(jpeg(), name="plain", content_type="image/jpeg", limits=LIMITS, size=(128, 64))
     assert calls == [60]
+
+
+def test_a_simplejpeg_that_decodes_differently_from_pillow_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two libraries bundle their own libjpeg-turbo builds: the fast path runs only where they were seen to agree."""
+    assert images.turbo_agrees_with_pil()
+    monkeypatch.setattr(images, "turbo_agrees_with_pil", lambda: False)
+    assert images.decode_jpeg_turbo(jpeg(), 60, 150, (128, 64)) is None
+    assert decode_crop(jpeg(), name="a", content_type="image/jpeg", limits=LIMITS, size=(128, 64)).shape == (3, 128, 64)

