@@ -156,3 +156,40 @@ def test_a_simplejpeg_that_decodes_differently_from_pillow_is_not_used(monkeypat
     monkeypatch.setattr(images, "turbo_agrees_with_pil", lambda: False)
     assert images.decode_jpeg_turbo(jpeg(), 60, 150, (128, 64)) is None
     assert decode_crop(jpeg(), name="a", content_type="image/jpeg", limits=LIMITS, size=(128, 64)).shape == (3, 128, 64)
+
+
+def test_corrupted_jpegs_get_the_same_answer_and_pixels_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile input: 400 randomly corrupted crops (bytes flipped, cut, inserted). The fast path accepts exactly what PIL
+    accepts, with the same pixels, and refuses the rest with the same 4xx; nothing else escapes."""
+    from app.core.errors import DomainError
+
+    rng = np.random.default_rng(7)
+    sources = [jpeg(width=w, height=h, seed=w) for w, h in ((64, 128), (60, 150), (300, 700))]
+    real = images.decode_jpeg_turbo
+
+    def outcome(data: bytes, fast: bool) -> tuple[str, object]:
+        monkeypatch.setattr(images, "decode_jpeg_turbo", real if fast else (lambda *args, **kwargs: None))
+        try:
+            return "ok", decode_crop(data, name="f", content_type="image/jpeg", limits=LIMITS, size=(128, 64))
+        except DomainError as exc:
+            return "refused", (type(exc).__name__, exc.status_code)
+
+    accepted = 0
+    for n in range(400):
+        corrupted = bytearray(sources[n % len(sources)])
+        for _ in range(int(rng.integers(1, 6))):
+            at, kind = int(rng.integers(2, len(corrupted))), int(rng.integers(0, 3))
+            if kind == 0:
+                corrupted[at] = int(rng.integers(0, 256))
+            elif kind == 1:
+                del corrupted[at : at + int(rng.integers(1, 50))]
+            else:
+                corrupted[at:at] = rng.integers(0, 256, int(rng.integers(1, 20)), dtype=np.uint8).tobytes()
+        fast, pil = outcome(bytes(corrupted), True), outcome(bytes(corrupted), False)
+        assert fast[0] == pil[0], n
+        if fast[0] == "ok":
+            accepted += 1
+            assert torch.equal(fast[1], pil[1]), n  # type: ignore[arg-type]
+        else:
+            assert fast[1] == pil[1] and 400 <= pil[1][1] < 500, n  # type: ignore[index]
+    assert 0 < accepted < 400  # both kinds of outcome were exercised
