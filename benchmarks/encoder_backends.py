@@ -159,7 +159,10 @@ def main() -> None:
     p.add_argument("--http-batch", type=int, default=32)
     p.add_argument("--http-concurrency", type=int, default=4)
     p.add_argument(
-        "--http-rounds", type=lambda v: max(1, int(v)), default=3, help="service runs, each against the raw encoder timed just before and after it (median kept)"
+        "--http-rounds",
+        type=lambda v: max(1, int(v)),
+        default=3,
+        help="service runs, each against the raw encoder timed just before and after it (median kept)",
     )
     p.add_argument("--epsilon", type=float, default=8.0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: PyTorch on the GPU only (the runtimes here are CPU ones)")
