@@ -252,16 +252,20 @@ class GroupSearch:
         likelihood = scoring == "likelihood"
         if mask.all():  # no record filter: the tenant's grouping is reused until its records change
             used = scorer if likelihood else None
+            stale: Grouped | None = None
             with entry.build_lock:  # one build per change: concurrent searches wait for it and share it
                 cached = entry.grouped
                 same_kind = cached is not None and cached[1] is used and cached[2] == split_sign
                 if cached is not None and same_kind and cached[0] == version:
                     grouped = cached[3]
+                elif cached is not None and same_kind and cached[0] > version:
+                    stale = cached[3]  # this search's snapshot is older than the cached grouping: built below, not kept
                 else:  # the previous grouping's prepared tracks are reused for groups whose records did not change
                     previous = cached[3] if cached is not None and same_kind else None
                     grouped = Grouped.of(codes, names, features, sigmas, scales, used, split_sign, previous=previous)
-                    if cached is None or not same_kind or version > cached[0]:  # never replace a newer grouping
-                        entry.grouped = (version, used, split_sign, grouped)
+                    entry.grouped = (version, used, split_sign, grouped)
+            if stale is not None:
+                grouped = Grouped.of(codes, names, features, sigmas, scales, used, split_sign, previous=stale)
         else:
             ids, codes, cameras, times = ids[mask], codes[mask], cameras[mask], times[mask]
             grouped = Grouped.of(codes, names, features[mask], sigmas[mask], scales[mask], scorer if likelihood else None, split_sign)

@@ -193,3 +193,20 @@ def test_corrupted_jpegs_get_the_same_answer_and_pixels_on_both_paths(monkeypatc
         else:
             assert fast[1] == pil[1] and 400 <= pil[1][1] < 500, n  # type: ignore[index]
     assert 0 < accepted < 400  # both kinds of outcome were exercised
+
+
+def test_the_agreement_check_fails_when_simplejpeg_decodes_differently(monkeypatch: pytest.MonkeyPatch) -> None:
+    import simplejpeg
+
+    real = simplejpeg.decode_jpeg
+    check = images.turbo_agrees_with_pil.__wrapped__  # the uncached check
+    assert check()
+    calls: list[int] = []
+
+    def off_at_scale_eight(data: bytes, **kwargs: object) -> np.ndarray:  # a build that differs only in its 1/8 decoder
+        calls.append(int(kwargs.get("min_factor", 1)))  # type: ignore[call-overload]
+        pixels = real(data, **kwargs)
+        return pixels ^ 1 if kwargs.get("min_factor") == 8 else pixels
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", off_at_scale_eight)
+    assert not check() and 8 in calls
