@@ -445,18 +445,13 @@ class GalleryService:
         its cursor, or rebuild from the items when there is no usable file or the log was pruned past its cursor."""
         index = self.indexes.get(tenant_id)
         with index.sync_lock:
-            with self.sessions() as session:
-                head = session.get(GalleryHead, tenant_id)
-                pruned = int(head.pruned_seq) if head is not None else 0
             first = not index.loaded
             action = "caught up"
-            skip: set[int] = set()
             if first:
                 action = "loaded" if index.load() else "built"
-            if action == "built" or index.cursor < pruned:
-                skip = self._rebuild(index)
-                action = "rebuilt" if action != "built" else action
-            if not self._apply_log(index, skip):  # pruned past the cursor meanwhile
+            if action == "built":
+                self._rebuild_and_apply(index)
+            elif not self._apply_log(index, set()):  # the log was pruned past the cursor (before or while it was read)
                 self._rebuild_and_apply(index)
                 action = "rebuilt"
             if first:

@@ -7,6 +7,7 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ log = logging.getLogger("reid.images")
 
 
 TURBO_MODES = {"RGB", "L"}  # JPEG colour spaces libjpeg-turbo's RGB output decodes exactly as PIL's convert("RGB")
+_CHECK_SIZE = (128, 64)  # the target size of turbo_agrees_with_pil's crops (their DCT scales: 1, 2, 4 and 8)
 
 
 def jpeg_draft_scale(width: int, height: int, size: tuple[int, int]) -> int:
@@ -47,14 +49,10 @@ def turbo_agrees_with_pil() -> bool:
         buffer = io.BytesIO()
         image.convert(mode).save(buffer, format="JPEG", quality=90, subsampling=subsampling, progressive=progressive)
         data = buffer.getvalue()
-        scale = jpeg_draft_scale(width, height, (128, 64))
         with Image.open(io.BytesIO(data)) as img:
-            img.draft("RGB", (64 * 2, 128 * 2))
+            img.draft("RGB", (_CHECK_SIZE[1] * 2, _CHECK_SIZE[0] * 2))  # as decode_crop's PIL path does
             pil = np.array(img.convert("RGB"))
-        try:
-            turbo = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=pil.shape[0], min_width=pil.shape[1], min_factor=scale)
-        except (ValueError, RuntimeError):
-            turbo = None
+        turbo = _turbo_rgb(simplejpeg, data, width, height, _CHECK_SIZE)
         if turbo is None or not np.array_equal(turbo, pil):
             log.warning("simplejpeg does not decode as Pillow does here: JPEG crops are decoded by Pillow (slower)")
             return False
@@ -73,15 +71,19 @@ def decode_jpeg_turbo(data: bytes, width: int, height: int, size: tuple[int, int
 
     from models.data.transforms import array_to_uint8
 
+    rgb = _turbo_rgb(simplejpeg, data, width, height, size)
+    return None if rgb is None else array_to_uint8(rgb, size)
+
+
+def _turbo_rgb(simplejpeg: Any, data: bytes, width: int, height: int, size: tuple[int, int]) -> np.ndarray | None:
+    """``data`` decoded to RGB ``[H, W, 3]`` by ``simplejpeg`` at PIL's draft scale for ``size``; None if it declines."""
     scale = jpeg_draft_scale(width, height, size)
     expected = (-(-height // scale), -(-width // scale))
     try:
         rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=expected[0], min_width=expected[1], min_factor=scale)
     except (ValueError, RuntimeError):  # corrupt or unusual (libjpeg warnings are errors here): PIL's lenient decoder decides
         return None
-    if rgb.shape[:2] != expected:
-        return None
-    return array_to_uint8(rgb, size)
+    return rgb if rgb.shape[:2] == expected else None
 
 
 def cuda_decode_available() -> bool:

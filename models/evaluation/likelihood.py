@@ -69,8 +69,8 @@ class TrackScorer:
         """The track side of ``scores``, computed once for any number of later queries (``PreparedTracks.scores``).
 
         Both covariances are diagonalised once, so tracks with any mix of noise levels cost one matrix product per
-        query. ``dtype=np.float32`` halves the memory of the prepared arrays; scores then differ from float64 by about 1e-6
-        (absolute, at the shipped scorer's scale of tens), which is a larger relative error for scores near 0."""
+        query. ``dtype=np.float32`` halves the memory of the prepared arrays; scores then differ from float64 by a few
+        millionths (absolute, at the shipped scorer's scale of tens), a larger relative error for scores near 0."""
         y = np.atleast_2d(np.asarray(track_means, dtype=np.float64))
         noise_var = np.asarray(noise_var, dtype=np.float64).reshape(-1)
         if y.shape[1] != self.dim:
