@@ -13,13 +13,19 @@ SQL stays the truth: every search reads the tenant's change-log head (one row); 
 filled, the search reads the log since then (or, without a usable log, the ids of the tenant's grouped records), drops
 cached records that are gone (erasures, retention, other replicas' deletions) and loads the rows it has not seen
 (records never change once written, so a cached row is valid while its id exists). Only new rows are read.
-A search without record filters reuses the tenant's grouping (group sums, and the scorer's query-free track terms)
-until a sync changes the records; filtered searches group the records they keep on each call.
+
+The cache is incremental: records live in growable arrays (a dropped record is marked dead until the arrays are
+compacted), each group knows its records, and the scoring rows of each group (the scorer's query-free track terms, or
+the normalised centroid) are kept per group and recomputed only for the groups whose records changed. A search after
+a write therefore costs the changed groups plus one pass of scoring, not a regrouping of the tenant. Filtered searches
+group the records they keep on each call. One tenant's grouped searches (per grouping) run one at a time in a process;
+other tenants' run beside them.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -29,12 +35,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.tables import GalleryChange, GalleryHead, GalleryItem
-from models.evaluation.likelihood import PreparedTracks, TrackScorer, signed_features, track_noise_variance
+from models.evaluation.likelihood import TrackScorer, signed_features, track_noise_variance
 
 GroupBy = Literal["track_ref", "subject_ref"]
 GROUP_KEYS: tuple[GroupBy, ...] = ("track_ref", "subject_ref")
 _CHUNK = 5000  # keep IN lists within every backend's parameter limit
 _LOG_LIMIT = 50_000  # more of the tenant's changes than this since the last sync: read the ids instead of the log
+_GROWTH = 1.5  # capacity factor of the record and group arrays
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,10 @@ class GroupFilters:
     captured_to: datetime | None = None
     min_score: float | None = None
     subject_ref: str | None = None
+
+    @property
+    def selects_records(self) -> bool:
+        return self.camera_ids is not None or self.captured_from is not None or self.captured_to is not None or self.subject_ref is not None
 
 
 Scoring = Literal["likelihood", "cosine"]
@@ -72,28 +83,148 @@ def _from_micros(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=int(value))
 
 
+def _grown(array: np.ndarray, needed: int) -> np.ndarray:
+    """``array`` with room for at least ``needed`` rows (the same array when it has it)."""
+    if array.shape[0] >= needed:
+        return array
+    grown = np.zeros((max(needed, int(array.shape[0] * _GROWTH) + 16), *array.shape[1:]), dtype=array.dtype)
+    grown[: array.shape[0]] = array
+    return grown
+
+
+class _Scoring:
+    """Per-group scoring rows for one way of scoring (a scorer's likelihood ratio, or cosine), indexed by group code.
+
+    Rows are recomputed for the ``dirty`` codes only; a code whose group is empty is not ``valid``."""
+
+    def __init__(self, scorer: TrackScorer | None, split_sign: bool) -> None:
+        self.scorer, self.split_sign = scorer, split_sign
+        self.dirty: set[int] = set()
+        self.all_dirty = True  # every code: a new table, or codes renumbered
+        self.valid = np.zeros(0, dtype=bool)  # by code, for the first ``count`` codes: the group has records
+        self.count = 0
+        self.rows: dict[str, np.ndarray] = {}  # likelihood: weighted, inverse_variance, offset; cosine: centroids
+        self.expectation: np.ndarray | None = None
+        self.model_mean: np.ndarray | None = None
+        self.rows_computed = 0  # groups prepared so far (tests check that unchanged groups are not recomputed)
+
+    def refresh(self, records: _Records) -> None:
+        """Recompute the rows of the groups that changed since the last refresh."""
+        codes = len(records.names)
+        if self.all_dirty:
+            todo = np.arange(codes, dtype=np.int64)
+            self.valid = np.zeros(codes, dtype=bool)
+            self.rows = {}
+        elif self.dirty:
+            todo = np.fromiter(self.dirty, dtype=np.int64, count=len(self.dirty))
+            self.valid = _grown(self.valid, codes)
+        else:
+            return
+        self.dirty.clear()
+        self.all_dirty = False
+        self.count = codes
+        todo.sort()
+        counts = records.group_sizes(todo)
+        self.valid[todo] = counts > 0
+        todo, counts = todo[counts > 0], counts[counts > 0]
+        if todo.size == 0:
+            return
+        positions = records.members_of(todo)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        assert records.features is not None
+        features, sigmas, scales = records.features[positions], records.sigmas[positions], records.scales[positions]
+        if self.scorer is not None:  # the scorer's model is of unit features: a clipping norm C < 1 is undone
+            sums = np.add.reduceat(features / scales[:, None], starts, axis=0)
+            noise = np.add.reduceat((sigmas / scales) ** 2, starts) / counts.astype(np.float64) ** 2
+            prepared = self.scorer.prepare(sums / counts[:, None], noise, dtype=np.float32)
+            self.expectation, self.model_mean = prepared.expectation, prepared.mean
+            new = {"weighted": prepared.weighted, "inverse_variance": prepared.inverse_variance, "offset": prepared.offset}
+        else:
+            sums = np.add.reduceat(features.astype(np.float64), starts, axis=0)
+            if self.split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
+                sums = signed_features(sums)
+            new = {"centroids": sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)}
+        for name, values in new.items():
+            table = self.rows.get(name)
+            if table is None:
+                table = np.zeros((max(codes, 1), *values.shape[1:]), dtype=values.dtype)
+            self.rows[name] = table = _grown(table, codes)
+            table[todo] = values
+        self.rows_computed += int(todo.size)
+
+    def live_codes(self) -> np.ndarray:
+        return np.flatnonzero(self.valid[: self.count])
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """One score per group code below ``count`` (meaningless where not ``valid``)."""
+        codes = self.count
+        if self.scorer is not None:
+            assert self.expectation is not None and self.model_mean is not None
+            weighted, inverse_variance = self.rows["weighted"][:codes], self.rows["inverse_variance"][:codes]
+            expected = ((query - self.model_mean) @ self.expectation).astype(weighted.dtype)
+            return (weighted @ expected - 0.5 * (inverse_variance @ expected**2) + self.rows["offset"][:codes]).astype(np.float64)
+        if self.split_sign:
+            query = signed_features(query)
+        return self.rows["centroids"][:codes] @ (query / max(float(np.linalg.norm(query)), 1e-12))
+
+
 @dataclass
 class _Records:
-    """A tenant's grouped records (one grouping): parallel arrays, in no particular order."""
+    """A tenant's grouped records (one grouping): growable parallel arrays whose first ``size`` rows are in use (rows of
+    dropped records are dead until the next compaction), each group's live rows, and the groups' scoring rows."""
 
+    size: int = 0
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # each record's group: an index into ``names``
-    names: list[str] = field(default_factory=list)  # group keys by code (append-only between compactions)
-    code_of: dict[str, int] = field(default_factory=dict)
+    alive: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     subjects: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     cameras: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     times: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # µs since the epoch
     sigmas: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))  # each record's noise σ
     scales: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))  # min(1, C): a unit feature's norm after clipping
-    features: np.ndarray | None = None  # [N, D] float32, the released (noisy) features as stored
-    version: int = 0  # bumped whenever the arrays change
+    features: np.ndarray | None = None  # [capacity, D] float32, the released (noisy) features as stored
+    row_of: dict[int, int] = field(default_factory=dict)  # record id -> row, for live records
+    members: list[list[int]] = field(default_factory=list)  # by code: the group's live rows, ascending
+    names: list[str] = field(default_factory=list)  # group keys by code (append-only between renumberings)
+    code_of: dict[str, int] = field(default_factory=dict)
+    noisy: int = 0  # live records released with noise (σ > 0)
     synced_seq: int | None = None  # the tenant's change-log head when the arrays last matched SQL
-    grouped: tuple[int, TrackScorer | None, bool, Grouped] | None = None  # all records grouped, with what it was built from
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the arrays (sync and snapshot)
-    build_lock: threading.Lock = field(default_factory=threading.Lock)  # guards ``grouped`` (its build and replacement)
+    scorings: list[_Scoring] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards all of the above (a whole search)
+
+    @property
+    def live(self) -> int:
+        return len(self.row_of)
+
+    def live_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.alive[: self.size])
+
+    def group_sizes(self, codes: np.ndarray) -> np.ndarray:
+        return np.array([len(self.members[c]) for c in codes.tolist()], dtype=np.int64)
+
+    def members_of(self, codes: np.ndarray) -> np.ndarray:
+        """The live rows of ``codes`` (ascending), group after group, each group's rows ascending."""
+        if 4 * codes.size > len(self.names):  # most groups: one pass and one sort instead of one list per group
+            rows = self.live_rows()
+            rows = rows[np.isin(self.codes[rows], codes)]
+            return rows[np.lexsort((rows, self.codes[rows]))]
+        return np.fromiter((row for c in codes.tolist() for row in self.members[c]), dtype=np.int64)
+
+    def scoring(self, scorer: TrackScorer | None, split_sign: bool) -> _Scoring:
+        """The (refreshed) scoring rows of every group for this way of scoring."""
+        found = next((s for s in self.scorings if s.scorer is scorer and s.split_sign == split_sign), None)
+        if found is None:
+            found = _Scoring(scorer, split_sign)
+            self.scorings = [*self.scorings[-1:], found]  # likelihood and cosine may alternate; older ways are dropped
+        found.refresh(self)
+        return found
+
+    def _changed(self, codes: Any) -> None:
+        for scoring in self.scorings:
+            scoring.dirty.update(codes)
 
     def sync(self, session: Session, tenant_id: int, group_by: GroupBy) -> None:
-        """Make the arrays hold exactly SQL's records of this tenant that have a ``group_by`` key.
+        """Make the live records exactly SQL's records of this tenant that have a ``group_by`` key.
 
         Every write to a tenant's items appends to its change log and moves its head's ``seq`` in the same transaction
         (tenant ids are never reused), so an unchanged ``seq`` means unchanged records (one primary-key read), and the
@@ -114,18 +245,20 @@ class _Records:
             # a prune that committed before the log was read has removed rows of it: then its pruned_seq shows it
             if len(changes) > _LOG_LIMIT or self._head(session, tenant_id)[1] > self.synced_seq:
                 changes = None
-        if changes is None:
-            column = getattr(GalleryItem, group_by)
+        column = getattr(GalleryItem, group_by)
+        if changes is None and self.live == 0:  # nothing cached: one read of every grouped record
+            self._append(session.execute(select(*self._columns(group_by)).where(GalleryItem.tenant_id == tenant_id, column.is_not(None))).all())
+        elif changes is None:
             current = np.array(
                 session.scalars(select(GalleryItem.id).where(GalleryItem.tenant_id == tenant_id, column.is_not(None))).all(), dtype=np.int64
             )
-            self._drop(~np.isin(self.ids, current))
-            self._load(session, tenant_id, group_by, np.setdiff1d(current, self.ids, assume_unique=True))
+            rows = self.live_rows()
+            self._drop(rows[~np.isin(self.ids[rows], current)])
+            self._load(session, tenant_id, group_by, [i for i in current.tolist() if i not in self.row_of])
         else:
-            removed = np.array([item for item, op in changes if op == "del"], dtype=np.int64)
-            added = np.array([item for item, op in changes if op == "add"], dtype=np.int64)
-            self._drop(np.isin(self.ids, removed))
-            self._load(session, tenant_id, group_by, np.setdiff1d(added, np.concatenate([self.ids, removed])))
+            removed = {item for item, op in changes if op == "del"}
+            self._drop(np.array([self.row_of[i] for i in removed if i in self.row_of], dtype=np.int64))
+            self._load(session, tenant_id, group_by, sorted({item for item, op in changes if op == "add"} - removed - self.row_of.keys()))
         self.synced_seq = seq  # read before the records: a write in between only means one more sync
 
     @staticmethod
@@ -134,36 +267,11 @@ class _Records:
         head = session.execute(select(GalleryHead.seq, GalleryHead.pruned_seq).where(GalleryHead.tenant_id == tenant_id)).first()
         return (int(head[0]), int(head[1])) if head is not None else (None, 0)
 
-    def _code(self, key: str) -> int:
-        code = self.code_of.get(key)
-        if code is None:
-            code = self.code_of[key] = len(self.names)
-            self.names.append(key)
-        return code
-
-    def _drop(self, gone: np.ndarray) -> None:
-        if not gone.any():
-            return
-        keep = ~gone
-        self.ids, self.codes, self.subjects = self.ids[keep], self.codes[keep], self.subjects[keep]
-        self.cameras, self.times, self.sigmas, self.scales = self.cameras[keep], self.times[keep], self.sigmas[keep], self.scales[keep]
-        self.features = None if self.features is None or not keep.any() else self.features[keep]
-        self.version += 1
-        live = np.unique(self.codes)
-        if len(self.names) > 2 * live.size + 1024:  # renumber once most codes belong to groups that are gone
-            renumber = np.full(len(self.names), -1, dtype=np.int64)
-            renumber[live] = np.arange(live.size)
-            names = [self.names[int(c)] for c in live]
-            self.codes, self.names, self.code_of = renumber[self.codes], names, {name: i for i, name in enumerate(names)}
-
-    def _load(self, session: Session, tenant_id: int, group_by: GroupBy, item_ids: np.ndarray) -> None:
-        """Append the rows of ``item_ids`` that exist and have a ``group_by`` key."""
-        if item_ids.size == 0:
-            return
-        column = getattr(GalleryItem, group_by)
-        columns = (
+    @staticmethod
+    def _columns(group_by: GroupBy) -> tuple[Any, ...]:
+        return (
             GalleryItem.id,
-            column,
+            getattr(GalleryItem, group_by),
             GalleryItem.subject_ref,
             GalleryItem.camera_id,
             GalleryItem.captured_at,
@@ -171,29 +279,95 @@ class _Records:
             GalleryItem.sigma,
             GalleryItem.clip_norm,
         )
+
+    def _code(self, key: str) -> int:
+        code = self.code_of.get(key)
+        if code is None:
+            code = self.code_of[key] = len(self.names)
+            self.names.append(key)
+            self.members.append([])
+        return code
+
+    def _drop(self, rows: np.ndarray) -> None:
+        """Mark ``rows`` (live) dead; compact once dead rows outnumber live ones."""
+        if rows.size == 0:
+            return
+        changed = set()
+        for row in rows.tolist():
+            code = int(self.codes[row])
+            self.members[code].remove(row)
+            changed.add(code)
+            del self.row_of[int(self.ids[row])]
+        self.alive[rows] = False
+        self.noisy -= int((self.sigmas[rows] > 0).sum())
+        self._changed(changed)
+        if self.size - self.live > max(1024, self.live):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop dead rows (keeping the live ones' order, so group sums add up as before); renumber the group codes once
+        most belong to groups that are gone."""
+        keep = self.live_rows()
+        self.size = keep.size
+        self.ids, self.codes, self.alive = self.ids[keep], self.codes[keep], np.ones(keep.size, dtype=bool)
+        self.subjects, self.cameras, self.times = self.subjects[keep], self.cameras[keep], self.times[keep]
+        self.sigmas, self.scales = self.sigmas[keep], self.scales[keep]
+        self.features = None if self.features is None or keep.size == 0 else self.features[keep]
+        self.row_of = {int(i): row for row, i in enumerate(self.ids.tolist())}
+        live_codes = np.unique(self.codes)
+        if len(self.names) > 2 * live_codes.size + 1024:
+            renumber = np.full(len(self.names), -1, dtype=np.int64)
+            renumber[live_codes] = np.arange(live_codes.size)
+            self.names = [self.names[int(c)] for c in live_codes]
+            self.code_of = {name: i for i, name in enumerate(self.names)}
+            self.codes = renumber[self.codes]
+            for scoring in self.scorings:
+                scoring.all_dirty = True
+        self.members = [[] for _ in self.names]
+        for row, code in enumerate(self.codes.tolist()):
+            self.members[code].append(row)
+
+    def _load(self, session: Session, tenant_id: int, group_by: GroupBy, item_ids: list[int]) -> None:
+        """Append the rows of ``item_ids`` that exist and have a ``group_by`` key."""
+        column = getattr(GalleryItem, group_by)
         rows: list[Any] = []
-        for start in range(0, item_ids.size, _CHUNK):
-            chunk = [int(i) for i in item_ids[start : start + _CHUNK]]
-            where = (GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(chunk), column.is_not(None))
-            rows.extend(session.execute(select(*columns).where(*where)).all())
+        for start in range(0, len(item_ids), _CHUNK):
+            where = (GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(item_ids[start : start + _CHUNK]), column.is_not(None))
+            rows.extend(session.execute(select(*self._columns(group_by)).where(*where)).all())
+        self._append(rows)
+
+    def _append(self, rows: Sequence[Any]) -> None:
         if not rows:
             return
-        features = np.stack([np.frombuffer(r[5], dtype="<f4") for r in rows]).astype(np.float32)
-        if self.features is not None and self.features.shape[1] != features.shape[1]:
+        blobs = [r[5] for r in rows]
+        dim = len(blobs[0]) // 4
+        if any(len(b) != 4 * dim for b in blobs) or (self.features is not None and self.features.shape[1] != dim):
             raise ValueError("records of different embedding sizes in one gallery")
-        # every new array is built before any is assigned, so a failure leaves the cache as it was (aligned)
-        ids = np.concatenate([self.ids, np.array([r[0] for r in rows], dtype=np.int64)])
-        codes = np.concatenate([self.codes, np.array([self._code(str(r[1])) for r in rows], dtype=np.int64)])
-        subjects = np.concatenate([self.subjects, np.array([r[2] for r in rows], dtype=object)])
-        cameras = np.concatenate([self.cameras, np.array([r[3] for r in rows], dtype=object)])
-        times = np.concatenate([self.times, np.array([_micros(r[4]) for r in rows], dtype=np.int64)])
-        sigmas = np.concatenate([self.sigmas, np.array([r[6] for r in rows], dtype=np.float64)])
-        scales = np.concatenate([self.scales, np.minimum(1.0, np.array([r[7] for r in rows], dtype=np.float64))])
-        all_features = features if self.features is None else np.concatenate([self.features, features])
-        self.ids, self.codes, self.subjects, self.cameras, self.times, self.sigmas = ids, codes, subjects, cameras, times, sigmas
-        self.scales = scales
-        self.features = all_features
-        self.version += 1
+        features = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(rows), dim)
+        sigmas = np.array([r[6] for r in rows], dtype=np.float64)
+        # everything is computed before anything is assigned, so a failure leaves the cache as it was
+        new_codes = np.array([self._code(str(r[1])) for r in rows], dtype=np.int64)
+        new_times = np.array([_micros(r[4]) for r in rows], dtype=np.int64)
+        start, end = self.size, self.size + len(rows)
+        self.ids, self.codes, self.alive = _grown(self.ids, end), _grown(self.codes, end), _grown(self.alive, end)
+        self.subjects, self.cameras, self.times = _grown(self.subjects, end), _grown(self.cameras, end), _grown(self.times, end)
+        self.sigmas, self.scales = _grown(self.sigmas, end), _grown(self.scales, end)
+        self.features = _grown(np.zeros((0, dim), dtype=np.float32) if self.features is None else self.features, end)
+        self.ids[start:end] = [r[0] for r in rows]
+        self.codes[start:end] = new_codes
+        self.alive[start:end] = True
+        self.subjects[start:end] = [r[2] for r in rows]
+        self.cameras[start:end] = [r[3] for r in rows]
+        self.times[start:end] = new_times
+        self.sigmas[start:end] = sigmas
+        self.scales[start:end] = np.minimum(1.0, np.array([r[7] for r in rows], dtype=np.float64))
+        self.features[start:end] = features
+        self.size = end
+        for row, (item_id, code) in enumerate(zip(self.ids[start:end].tolist(), new_codes.tolist(), strict=True), start=start):
+            self.row_of[item_id] = row
+            self.members[code].append(row)
+        self.noisy += int((sigmas > 0).sum())
+        self._changed(set(new_codes.tolist()))
 
 
 @dataclass
@@ -228,108 +402,107 @@ class GroupSearch:
         grouped records include noisy ones (whatever the filters keep, so a tenant's scores keep one scale), else cosine."""
         if group_by not in GROUP_KEYS:
             raise ValueError(f"group_by must be one of {GROUP_KEYS}")
+        query = np.asarray(query, dtype=np.float64).reshape(-1)
         entry = self._entry(tenant_id, group_by)
         with entry.lock:
             with sessions() as session:
                 entry.sync(session, tenant_id, group_by)
-            ids, codes, subjects, cameras, times, features = entry.ids, entry.codes, entry.subjects, entry.cameras, entry.times, entry.features
-            sigmas, scales, version, names = entry.sigmas, entry.scales, entry.version, entry.names
-        # the scorer's dimension was checked at start-up (app.main.track_scorer_for)
-        scoring: Scoring = "likelihood" if scorer is not None and (sigmas > 0).any() else "cosine"
-        if features is None or ids.size == 0:
-            return [], scoring
-        mask = np.ones(ids.size, dtype=bool)
-        if filters.camera_ids is not None:
-            mask &= np.isin(cameras, np.array(filters.camera_ids, dtype=object))
-        if filters.subject_ref is not None:
-            mask &= subjects == filters.subject_ref
-        if filters.captured_from is not None:
-            mask &= times >= _micros(filters.captured_from)
-        if filters.captured_to is not None:
-            mask &= times <= _micros(filters.captured_to)
-        if not mask.any():
-            return [], scoring
-        likelihood = scoring == "likelihood"
-        if mask.all():  # no record filter: the tenant's grouping is reused until its records change
-            used = scorer if likelihood else None
-            stale: Grouped | None = None
-            with entry.build_lock:  # one build per change: concurrent searches wait for it and share it
-                cached = entry.grouped
-                same_kind = cached is not None and cached[1] is used and cached[2] == split_sign
-                if cached is not None and same_kind and cached[0] == version:
-                    grouped = cached[3]
-                elif cached is not None and same_kind and cached[0] > version:
-                    stale = cached[3]  # this search's snapshot is older than the cached grouping: built below, not kept
-                else:  # the previous grouping's prepared tracks are reused for groups whose records did not change
-                    previous = cached[3] if cached is not None and same_kind else None
-                    grouped = Grouped.of(codes, names, features, sigmas, scales, used, split_sign, previous=previous)
-                    entry.grouped = (version, used, split_sign, grouped)
-            if stale is not None:
-                grouped = Grouped.of(codes, names, features, sigmas, scales, used, split_sign, previous=stale)
-        else:
-            ids, codes, cameras, times = ids[mask], codes[mask], cameras[mask], times[mask]
-            grouped = Grouped.of(codes, names, features[mask], sigmas[mask], scales[mask], scorer if likelihood else None, split_sign)
-        scores = grouped.scores(np.asarray(query, dtype=np.float64).reshape(-1))
-        group_names = grouped.names
-        candidates = np.arange(len(group_names))
-        if filters.min_score is not None:
-            candidates = candidates[scores >= filters.min_score]
-        if candidates.size > k:
-            candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
-        # best first; ties by group key for a stable answer
-        ranked = sorted(candidates.tolist(), key=lambda g: (-scores[g], group_names[g]))
+            # the scorer's dimension was checked at start-up (app.main.track_scorer_for)
+            scoring: Scoring = "likelihood" if scorer is not None and entry.noisy > 0 else "cosine"
+            used = scorer if scoring == "likelihood" else None
+            if entry.live == 0:
+                return [], scoring
+            if not filters.selects_records:  # the tenant's groups, refreshed where their records changed
+                table = entry.scoring(used, split_sign)
+                codes = table.live_codes()
+                scores = table.scores(query)[codes]
+                top = _top(codes, scores, entry.names, k, filters.min_score)
+                return [_hit(entry.names[c], s, entry.members[c], entry) for c, s in top], scoring
+            if entry.live == entry.size:  # no dead rows: the mask is computed on views, not copies
+                rows = np.flatnonzero(_record_mask(entry, slice(0, entry.size), filters))
+            else:
+                rows = entry.live_rows()
+                rows = rows[_record_mask(entry, rows, filters)]
+            if rows.size == 0:
+                return [], scoring
+            selected = _Selection(entry.ids[rows], entry.codes[rows], entry.cameras[rows], entry.times[rows], entry.names)
+            assert entry.features is not None
+            features, sigmas, scales = entry.features[rows], entry.sigmas[rows], entry.scales[rows]
+        # filtered: the kept records (copies) are grouped outside the lock
+        grouped = Grouped.of(selected.codes, features, sigmas, scales, used, split_sign)
+        top = _top(grouped.live, grouped.scores(query), selected.names, k, filters.min_score)
         hits = []
-        for g in ranked:
-            members = np.flatnonzero(grouped.group_of == g)
-            member_times = times[members]
-            hits.append(
-                GroupHit(
-                    key=str(group_names[g]),
-                    score=float(scores[g]),
-                    item_ids=sorted(int(i) for i in ids[members]),
-                    cameras=sorted({str(c) for c in cameras[members]}),
-                    first_seen=_from_micros(member_times.min()),
-                    last_seen=_from_micros(member_times.max()),
-                )
-            )
+        for code, score in top:
+            members = np.flatnonzero(grouped.group_of == np.searchsorted(grouped.live, code))
+            hits.append(_hit(selected.names[code], score, members.tolist(), selected))
         return hits, scoring
 
 
 @dataclass(frozen=True)
-class Grouped:
-    """Records grouped by key and ready to score: the track side of the scorer, or the normalised centroids."""
+class _Selection:
+    """The records a filtered search kept (copies of the cache's rows, so the cache may change meanwhile)."""
 
-    names: np.ndarray  # [G] group keys
-    group_of: np.ndarray  # [N] each record's group
-    live: np.ndarray  # [G] each group's code (sorted)
-    prepared: PreparedTracks | None  # likelihood scoring
-    centroids: np.ndarray | None  # [G, D] cosine scoring: unit means (signed form for split-sign features)
-    split_sign: bool
-    track_sums: np.ndarray | None = None  # likelihood: [G, D] what each prepared row was computed from, with
-    track_counts: np.ndarray | None = None  # the counts and noise variances (a later grouping reuses equal rows)
-    track_noise: np.ndarray | None = None
+    ids: np.ndarray
+    codes: np.ndarray
+    cameras: np.ndarray
+    times: np.ndarray
+    names: list[str]
+
+
+def _record_mask(entry: _Records, rows: np.ndarray | slice, filters: GroupFilters) -> np.ndarray:
+    mask = np.ones(entry.ids[rows].shape[0], dtype=bool)
+    if filters.camera_ids is not None:
+        mask &= np.isin(entry.cameras[rows], np.array(filters.camera_ids, dtype=object))
+    if filters.subject_ref is not None:
+        mask &= entry.subjects[rows] == filters.subject_ref
+    if filters.captured_from is not None:
+        mask &= entry.times[rows] >= _micros(filters.captured_from)
+    if filters.captured_to is not None:
+        mask &= entry.times[rows] <= _micros(filters.captured_to)
+    return mask
+
+
+def _top(codes: np.ndarray, scores: np.ndarray, names: list[str], k: int, min_score: float | None) -> list[tuple[int, float]]:
+    """The best ``k`` of ``codes`` (scored by ``scores``), best first; ties by group key for a stable answer."""
+    keep = np.arange(codes.size)
+    if min_score is not None:
+        keep = keep[scores >= min_score]
+    if keep.size > k:
+        keep = keep[np.argpartition(-scores[keep], k - 1)[:k]]
+    ranked = sorted(keep.tolist(), key=lambda i: (-scores[i], names[int(codes[i])]))
+    return [(int(codes[i]), float(scores[i])) for i in ranked]
+
+
+def _hit(key: str, score: float, rows: list[int], records: _Records | _Selection) -> GroupHit:
+    member_rows = np.asarray(rows, dtype=np.int64)
+    member_times = records.times[member_rows]
+    return GroupHit(
+        key=str(key),
+        score=score,
+        item_ids=sorted(int(i) for i in records.ids[member_rows]),
+        cameras=sorted({str(c) for c in records.cameras[member_rows]}),
+        first_seen=_from_micros(member_times.min()),
+        last_seen=_from_micros(member_times.max()),
+    )
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """Records grouped by code and scored: the filtered path (the unfiltered one keeps per-group rows in ``_Scoring``)."""
+
+    live: np.ndarray  # [G] the codes present (sorted)
+    group_of: np.ndarray  # [N] each record's index into ``live``
+    scores_of: Any  # query -> [G] scores
 
     @classmethod
     def of(
-        cls,
-        codes: np.ndarray,
-        names: list[str],
-        features: np.ndarray,
-        sigmas: np.ndarray,
-        scales: np.ndarray,
-        scorer: TrackScorer | None,
-        split_sign: bool,
-        previous: Grouped | None = None,
+        cls, codes: np.ndarray, features: np.ndarray, sigmas: np.ndarray, scales: np.ndarray, scorer: TrackScorer | None, split_sign: bool
     ) -> Grouped:
-        """Group records by their ``codes`` (indices into ``names``); with a ``scorer``, features (and σ) are first
-        rescaled by ``scales``: the scorer's model is of unit features, so a clipping norm C < 1 is undone.
-
-        A prepared track depends only on its mean and noise variance, so rows of ``previous`` (an earlier grouping with
-        the same scorer) whose sums, counts and noise are equal are copied instead of computed again."""
+        """Group records by their ``codes``; with a ``scorer``, features (and σ) are first rescaled by ``scales``: the
+        scorer's model is of unit features, so a clipping norm C < 1 is undone."""
         from scipy.sparse import csr_matrix
 
         live, group_of = np.unique(codes, return_inverse=True)
-        group_names = np.array([names[int(c)] for c in live], dtype=object)
         if scorer is not None:
             features, sigmas = features / scales[:, None], sigmas / scales
         else:
@@ -338,47 +511,18 @@ class Grouped:
         sums = np.asarray(membership @ features)
         if scorer is not None:
             counts = np.bincount(group_of, minlength=live.size).astype(np.float64)
-            noise = track_noise_variance(sigmas, group_of, live.size)
-            prepared = _prepare_reusing(scorer, live, sums, counts, noise, previous)
-            return cls(group_names, group_of, live, prepared, None, split_sign, sums, counts, noise)
-        if split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
+            prepared = scorer.prepare(sums / counts[:, None], track_noise_variance(sigmas, group_of, live.size), dtype=np.float32)
+            return cls(live, group_of, lambda q: prepared.scores(q)[0].astype(np.float64))
+        if split_sign:
             sums = signed_features(sums)
         centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        return cls(group_names, group_of, live, None, centroids, split_sign)
+
+        def cosine(query: np.ndarray) -> np.ndarray:
+            q = signed_features(query) if split_sign else query
+            return centroids @ (q / max(float(np.linalg.norm(q)), 1e-12))
+
+        return cls(live, group_of, cosine)
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """One score per group for a clean query (float64)."""
-        if self.prepared is not None:
-            return self.prepared.scores(query)[0].astype(np.float64)
-        assert self.centroids is not None
-        if self.split_sign:
-            query = signed_features(query)
-        return self.centroids @ (query / max(float(np.linalg.norm(query)), 1e-12))
-
-
-def _prepare_reusing(
-    scorer: TrackScorer, live: np.ndarray, sums: np.ndarray, counts: np.ndarray, noise: np.ndarray, previous: Grouped | None
-) -> PreparedTracks:
-    """``scorer.prepare`` of every group's mean (float32), copying the rows of ``previous`` whose inputs are equal."""
-    reuse = np.zeros(live.size, dtype=bool)
-    source = np.zeros(live.size, dtype=np.int64)
-    old = previous.prepared if previous is not None else None
-    if previous is not None and old is not None and previous.track_sums is not None and previous.live.size:
-        assert previous.track_counts is not None and previous.track_noise is not None
-        source = np.minimum(np.searchsorted(previous.live, live), previous.live.size - 1)
-        reuse = (previous.live[source] == live) & (previous.track_counts[source] == counts) & (previous.track_noise[source] == noise)
-        reuse[reuse] &= (previous.track_sums[source[reuse]] == sums[reuse]).all(axis=1)
-    fresh = ~reuse
-    computed = scorer.prepare(sums[fresh] / counts[fresh, None], noise[fresh], dtype=np.float32)
-    if old is None or not reuse.any():
-        return computed
-    weighted = np.empty((live.size, computed.weighted.shape[1]), dtype=np.float32)
-    inverse_variance = np.empty_like(weighted)
-    offset = np.empty(live.size, dtype=np.float32)
-    for target, new_rows, old_rows in (
-        (weighted, computed.weighted, old.weighted),
-        (inverse_variance, computed.inverse_variance, old.inverse_variance),
-        (offset, computed.offset, old.offset),
-    ):
-        target[fresh], target[reuse] = new_rows, old_rows[source[reuse]]
-    return PreparedTracks(computed.mean, computed.expectation, weighted, inverse_variance, offset)
+        return np.asarray(self.scores_of(query))

@@ -18,6 +18,7 @@ range (0 means "as likely the same person as not" under the model).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -78,12 +79,9 @@ class TrackScorer:
         y = y - self.mean
         if noise_var.shape[0] != y.shape[0] or (noise_var < 0).any() or query_noise_var < 0:
             raise ValueError("noise_var needs one non-negative value per track")
-        eye = np.eye(self.dim)
-        total_clean = self.between + self.within + RIDGE * eye  # T without noise
-        gain = self.between @ np.linalg.inv(total_clean + query_noise_var * eye)  # A
-        residual = total_clean - gain @ self.between  # C without the track's noise
-        total_values, total_vectors = np.linalg.eigh(total_clean)
-        residual_values, residual_vectors = np.linalg.eigh(0.5 * (residual + residual.T))
+        gain, (total_values, total_vectors), (residual_values, residual_vectors) = (
+            self._clean_basis if query_noise_var == 0.0 else self._basis(query_noise_var)
+        )
         y_c, y_t = y @ residual_vectors, y @ total_vectors
         # tracks share a few noise levels (σ and record counts repeat): the per-level terms once per distinct level
         levels, level_of = np.unique(noise_var, return_inverse=True)
@@ -101,6 +99,19 @@ class TrackScorer:
             inverse_variance=inv_c.astype(dtype),
             offset=(track_terms + log_det).astype(dtype),
         )
+
+    @cached_property
+    def _clean_basis(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """``_basis`` for clean queries, computed once (grouped search prepares a few changed tracks at a time)."""
+        return self._basis(0.0)
+
+    def _basis(self, query_noise_var: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """The gain ``A`` and the eigendecompositions of ``T`` and ``C`` (both without the track's noise)."""
+        eye = np.eye(self.dim)
+        total_clean = self.between + self.within + RIDGE * eye  # T without noise
+        gain = self.between @ np.linalg.inv(total_clean + query_noise_var * eye)  # A
+        residual = total_clean - gain @ self.between  # C without the track's noise
+        return gain, np.linalg.eigh(total_clean), np.linalg.eigh(0.5 * (residual + residual.T))
 
 
 @dataclass(frozen=True)

@@ -306,12 +306,13 @@ def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings)
             return [h["track_ref"] for h in served["hits"]]
 
         assert set(answers_agree()) == {"tA", "tB", "tC"}
-        cached = state.gallery.groups._entry(1, "track_ref").grouped
-        assert cached is not None
+        (table,) = state.gallery.groups._entry(1, "track_ref").scorings
+        assert table.rows_computed == 3
         answers_agree()
-        assert state.gallery.groups._entry(1, "track_ref").grouped is cached  # nothing changed: reused
+        assert table.rows_computed == 3  # nothing changed: nothing recomputed
         assert enroll(client, key, [6, 7], [meta("c4", track_ref="tD"), meta("c4", track_ref="tA")]).status_code == 201
         assert set(answers_agree()) == {"tA", "tB", "tC", "tD"}
+        assert table.rows_computed == 5  # the two tracks that changed, not tB or tC
         # one of tA's records replaced between two searches: same count and noise, another mean
         assert client.delete(f"/v1/gallery/{ids[1]}", headers={KEY_HEADERS: key}).status_code == 200
         assert enroll(client, key, [8], [meta("c5", track_ref="tA")]).status_code == 201
@@ -330,24 +331,71 @@ def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings)
         assert set(answers_agree()) == {"tA", "tD"}
 
 
+def _fake_rows(first: int, keys: list[str], rng, dim: int = 6, sigma: float = 0.3):
+    """Rows as ``_Records`` reads them from SQL: id, key, subject, camera, captured_at, feature, σ, clip norm."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    features = (np.abs(rng.standard_normal((len(keys), dim))) + rng.normal(0, sigma, (len(keys), dim))).astype("<f4")
+    return [
+        (first + i, key, None, f"cam-{i % 3}", start + timedelta(seconds=first + i), features[i].tobytes(), sigma, 1.0) for i, key in enumerate(keys)
+    ]
+
+
 def test_group_codes_are_renumbered_once_most_groups_are_gone():
-    """Record caches map group keys to integer codes; when erased groups leave most codes unused, they are renumbered
-    and every kept record still names its own group."""
+    """Record caches map group keys to integer codes; once dropped records outnumber live ones the arrays are compacted,
+    and when erased groups leave most codes unused they are renumbered: every kept record still names its own group."""
     from app.services.groups import _Records
 
     records = _Records()
     keys = [f"track-{i}" for i in range(3000)]
-    codes = np.array([records._code(key) for key in keys], dtype=np.int64)
-    records.ids, records.codes = np.arange(3000, dtype=np.int64), codes
-    records.subjects = records.cameras = np.array([None] * 3000, dtype=object)
-    records.times, records.sigmas, records.scales = np.zeros(3000, dtype=np.int64), np.zeros(3000), np.ones(3000)
-    records.features = np.zeros((3000, 4), dtype=np.float32)
-    records._drop(np.arange(3000) >= 100)  # 2,900 groups gone
-    assert len(records.names) == 100 and records.codes.max() == 99
-    assert [records.names[c] for c in records.codes] == keys[:100]
-    assert all(records.code_of[records.names[c]] == c for c in records.codes)
-    records._drop(np.arange(100) >= 90)  # a few more: no renumbering below the threshold
-    assert len(records.names) == 100 and [records.names[c] for c in records.codes] == keys[:90]
+    records._append(_fake_rows(0, keys, np.random.default_rng(0)))
+    records._drop(np.arange(100, 3000))  # 2,900 groups gone
+    assert records.size == 100 and len(records.names) == 100 and records.codes[: records.size].max() == 99
+    assert [records.names[c] for c in records.codes[: records.size]] == keys[:100]
+    assert all(records.code_of[records.names[c]] == c for c in records.codes[: records.size])
+    assert records.row_of == {i: i for i in range(100)} and records.members == [[i] for i in range(100)]
+    records._drop(np.arange(90, 100))  # a few more: marked dead, no compaction below the threshold
+    assert records.size == 100 and len(records.names) == 100 and records.live == 90
+    rows = records.live_rows()
+    assert [records.names[c] for c in records.codes[rows]] == keys[:90] and records.members[95] == []
+
+
+def test_incremental_group_rows_equal_a_fresh_grouping_through_appends_drops_and_compactions():
+    """The cache keeps each group's scoring rows and recomputes only the groups whose records changed. Through random
+    appends and drops (compactions and a renumbering included), every live group's score equals that of a grouping of
+    the live records from scratch, for the likelihood scorer and for cosine, with and without split signs."""
+    from app.services.groups import Grouped, _Records
+    from models.evaluation.likelihood import TrackScorer
+
+    dim = 6
+    scorer = TrackScorer(np.full(dim, 0.1), 0.6 / dim * np.eye(dim), 0.4 / dim * np.eye(dim))
+    for used, split in ((scorer, False), (None, False), (None, True)):
+        rng = np.random.default_rng(5)
+        records, next_id, names_seen, compactions, renumbered = _Records(), 0, 0, 0, False
+        queries = np.abs(rng.standard_normal((3, dim)))
+        for step in range(60):
+            if step % 3 != 2 or records.live < 10:
+                count = int(rng.integers(1, 400))
+                keys = [f"t{int(k)}" for k in rng.integers(step * 40, step * 40 + 120, size=count)]  # new groups and old ones
+                records._append(_fake_rows(next_id, keys, rng, dim))
+                next_id += count
+            else:
+                live = records.live_rows()
+                records._drop(rng.choice(live, size=int(live.size * rng.uniform(0.3, 0.95)), replace=False))
+            compactions += records.size < next_id and records.size == records.live
+            renumbered |= len(records.names) < names_seen
+            names_seen = max(names_seen, len(records.names))
+            live = records.live_rows()
+            assert {records.names[c] for c in records.codes[live]} == {k for k, rows in zip(records.names, records.members, strict=True) if rows}
+            table = records.scoring(used, split)
+            codes = table.live_codes()
+            fresh = Grouped.of(records.codes[live], records.features[live], records.sigmas[live], records.scales[live], used, split)
+            assert np.array_equal(codes, fresh.live)
+            for query in queries:
+                assert np.allclose(table.scores(query)[codes], fresh.scores(query), rtol=1e-5, atol=1e-5)
+        assert records.scorings == [table] and table.rows_computed < next_id  # one table, refreshed where groups changed
+        assert compactions and renumbered  # both happened along the way
 
 
 def test_a_prune_between_reading_the_head_and_the_log_is_noticed(client, monkeypatch):
@@ -381,3 +429,86 @@ def test_a_prune_between_reading_the_head_and_the_log_is_noticed(client, monkeyp
     monkeypatch.setattr(_Records, "_head", staticmethod(head_read_before_the_prune))
     hits = search(client, key, 1, k=10, group_by="track_ref").json()["hits"]
     assert len(calls) >= 2 and next(h for h in hits if h["track_ref"] == "tA")["item_ids"] == [ids[0]]
+
+
+def test_concurrent_grouped_searches_during_writes_and_erasures_see_whole_tracks(tmp_path):
+    """Searcher threads share one cache while a writer adds whole tracks and erases whole tracks, each in one
+    transaction with its change-log rows (as the service writes them). Every answer lists complete tracks only, and
+    once the writes stop the cache answers as a cold one."""
+    import threading
+    from datetime import UTC, datetime
+
+    from sqlalchemy import create_engine, delete, insert, select, update
+    from sqlalchemy.orm import sessionmaker
+
+    from app.db.tables import Base, GalleryChange, GalleryHead, GalleryItem, Tenant
+    from app.services.groups import GroupFilters, GroupSearch
+    from models.evaluation.likelihood import TrackScorer
+
+    dim, per_track = 8, 4
+    engine = create_engine(f"sqlite:///{tmp_path / 'groups.db'}", connect_args={"timeout": 30})
+    Base.metadata.create_all(engine)
+    sessions = sessionmaker(engine)
+    with sessions() as session:
+        session.add(Tenant(id=1, name="concurrent"))
+        session.add(GalleryHead(tenant_id=1, seq=0, pruned_seq=0))
+        session.commit()
+    rng = np.random.default_rng(11)
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+
+    def write(session, changes):
+        seqs = session.scalars(insert(GalleryChange).returning(GalleryChange.seq), changes).all()
+        session.execute(update(GalleryHead).where(GalleryHead.tenant_id == 1).values(seq=max(seqs)))
+        session.commit()
+
+    def add_track(number: int) -> None:
+        features = (np.abs(rng.standard_normal((per_track, dim))) + rng.normal(0, 0.3, (per_track, dim))).astype("<f4")
+        rows = [
+            dict(tenant_id=1, camera_id=f"c{i}", captured_at=now, track_ref=f"t{number}", feature=f.tobytes(), mechanism="gaussian",
+                 epsilon=32.0, delta=1e-5, sensitivity=2**0.5, sigma=0.3, clip_norm=1.0, noise_library="test")
+            for i, f in enumerate(features)
+        ]  # fmt: skip
+        with sessions() as session:
+            ids = session.scalars(insert(GalleryItem).returning(GalleryItem.id), rows).all()
+            write(session, [{"tenant_id": 1, "item_id": i, "op": "add", "at": now} for i in ids])
+
+    def erase_track(number: int) -> None:
+        with sessions() as session:
+            ids = session.scalars(select(GalleryItem.id).where(GalleryItem.track_ref == f"t{number}")).all()
+            if ids:
+                session.execute(delete(GalleryItem).where(GalleryItem.id.in_(ids)))
+                write(session, [{"tenant_id": 1, "item_id": i, "op": "del", "at": now} for i in ids])
+
+    for number in range(40):
+        add_track(number)
+    scorer = TrackScorer(np.full(dim, 0.1), 0.6 / dim * np.eye(dim), 0.4 / dim * np.eye(dim))
+    search, stop, failures, answers = GroupSearch(), threading.Event(), [], [0]
+    query = np.abs(rng.standard_normal(dim))
+
+    def searcher(filters: GroupFilters) -> None:
+        try:
+            while not stop.is_set():
+                hits, _ = search.search(sessions, 1, "track_ref", query, 50, filters, scorer=scorer)
+                expected = per_track // 2 if filters.camera_ids else per_track
+                assert hits and all(len(h.item_ids) == expected for h in hits), [len(h.item_ids) for h in hits]
+                answers[0] += 1
+        except Exception as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=searcher, args=(f,)) for f in (GroupFilters(), GroupFilters(), GroupFilters(camera_ids=["c0", "c1"]))]
+    for thread in threads:
+        thread.start()
+    for number in range(40, 100):
+        add_track(number)
+        if number % 3 == 0:
+            erase_track(number - 35)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures, failures[0]
+    assert answers[0] > 10
+    warm, _ = search.search(sessions, 1, "track_ref", query, 100, GroupFilters(), scorer=scorer)
+    cold, _ = GroupSearch().search(sessions, 1, "track_ref", query, 100, GroupFilters(), scorer=scorer)
+    assert [(h.key, h.item_ids) for h in warm] == [(h.key, h.item_ids) for h in cold]
+    assert np.allclose([h.score for h in warm], [h.score for h in cold], rtol=1e-5, atol=1e-5)
+    engine.dispose()
