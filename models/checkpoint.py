@@ -17,22 +17,31 @@ import numpy as np
 import torch
 
 from models.data.transforms import eval_transform
-from models.encoder import ReIDEncoder
+from models.encoder import EnsembleEncoder, ReIDEncoder
 from models.evaluation.likelihood import TrackScorer
 
 if TYPE_CHECKING:
     from models.inference.runners import Runner
 
 FORMAT = "reid-encoder/1"
+Encoder = ReIDEncoder | EnsembleEncoder
 
 
-def save_encoder(encoder: ReIDEncoder, path: str | Path, metadata: dict[str, Any], track_scorer: TrackScorer | None = None) -> None:
-    """Write ``{"format", "state_dict", "metadata"[, "track_scorer"]}``; atomic (temp file + rename)."""
+def save_encoder(encoder: Encoder, path: str | Path, metadata: dict[str, Any], track_scorer: TrackScorer | None = None) -> None:
+    """Write ``{"format", "state_dict", "metadata"[, "track_scorer"]}``; atomic (temp file + rename).
+
+    An ensemble's members are not copied: its ``metadata["members"]`` names their checkpoint files (with SHA-256),
+    which must sit beside it, and its state dict holds what the ensemble adds (the projection head)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = encoder.state_dict()
+    if isinstance(encoder, EnsembleEncoder):
+        if len(metadata.get("members", [])) != len(encoder.members):
+            raise ValueError("an ensemble's metadata must name each member's checkpoint file")
+        state = {k: v for k, v in state.items() if not k.startswith("members.")}
     payload: dict[str, Any] = {
         "format": FORMAT,
-        "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
         "metadata": metadata,
     }
     if track_scorer is not None:
@@ -63,7 +72,7 @@ def resolve_device(device: str) -> torch.device:
 class Embedder:
     """An encoder in eval mode on its device, with the metadata it was exported with."""
 
-    model: ReIDEncoder
+    model: Encoder
     device: torch.device
     input_size: tuple[int, int]
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -132,7 +141,7 @@ class Embedder:
         return torch.cat(outputs).numpy().astype(np.float32, copy=False)
 
 
-def _prepare(model: ReIDEncoder, device: torch.device) -> ReIDEncoder:
+def _prepare(model: Encoder, device: torch.device) -> Encoder:
     model.eval().requires_grad_(False)
     model.to(device)
     if device.type == "cuda":
@@ -153,17 +162,30 @@ def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
     path = Path(path)
     payload = read_checkpoint(path)
     meta = payload["metadata"]
-    model = ReIDEncoder(
-        backbone=meta["backbone"],
-        embedding_dim=int(meta["embedding_dim"]),
-        pretrained=False,
-        last_stride=int(meta.get("last_stride", 1)),
-        flip_average=bool(meta.get("flip_average", False)),
-        feature_domain=str(meta.get("feature_domain", "signed")),
-        projection_dim=int(meta["projection"]["dim"]) if meta.get("projection") else None,
-        split_sign=bool(meta.get("split_sign", False)),
-    )
-    model.load_state_dict(payload["state_dict"], strict=True)
+    projection_dim = int(meta["projection"]["dim"]) if meta.get("projection") else None
+    model: Encoder
+    if meta["backbone"] == "ensemble":
+        model = EnsembleEncoder(
+            [_member(path, member) for member in meta["members"]],
+            [(int(m["input_size"][0]), int(m["input_size"][1])) for m in meta["members"]],
+            projection_dim=projection_dim,
+            split_sign=bool(meta.get("split_sign", False)),
+        )
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        if unexpected or any(not key.startswith("members.") for key in missing):
+            raise ValueError(f"{path}: the ensemble's weights do not match its structure ({sorted(unexpected) or sorted(missing)})")
+    else:
+        model = ReIDEncoder(
+            backbone=meta["backbone"],
+            embedding_dim=int(meta["embedding_dim"]),
+            pretrained=False,
+            last_stride=int(meta.get("last_stride", 1)),
+            flip_average=bool(meta.get("flip_average", False)),
+            feature_domain=str(meta.get("feature_domain", "signed")),
+            projection_dim=projection_dim,
+            split_sign=bool(meta.get("split_sign", False)),
+        )
+        model.load_state_dict(payload["state_dict"], strict=True)
     dev = resolve_device(device)
     scorer = payload.get("track_scorer")
     return Embedder(
@@ -175,6 +197,19 @@ def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
         sha256=file_sha256(path),
         source=path.name,
     )
+
+
+def _member(ensemble_path: Path, member: dict[str, Any]) -> ReIDEncoder:
+    """An ensemble member: its checkpoint beside the ensemble's, with the SHA-256 the ensemble was built from."""
+    path = ensemble_path.parent / str(member["file"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{ensemble_path.name}: member checkpoint {member['file']} must sit beside it")
+    if file_sha256(path) != member["sha256"]:
+        raise ValueError(f"{ensemble_path.name}: member {member['file']} is not the file it was built from (SHA-256 differs)")
+    embedder = load_encoder(path)
+    if not isinstance(embedder.model, ReIDEncoder):
+        raise ValueError(f"{ensemble_path.name}: member {member['file']} is an ensemble itself")
+    return embedder.model
 
 
 def untrained_encoder(

@@ -20,7 +20,37 @@ def output_domain(feature_domain: str, split_sign: bool) -> str:
     return "nonnegative" if split_sign or feature_domain == "nonnegative" else "signed"
 
 
-class ReIDEncoder(nn.Module):
+class EmittedFeature:
+    """The end of every deployed encoder's graph: an optional fixed projection head, then optional split signs."""
+
+    embedding_dim: int
+    feature_domain: str
+    projection: nn.Linear | None
+    split_sign: bool
+    feature_dim: int
+
+    @property
+    def output_domain(self) -> str:
+        """Where emitted features lie: ``nonnegative`` (sensitivity √2·C) or ``signed`` (2·C)."""
+        return output_domain(self.feature_domain, self.split_sign)
+
+    def attach_projection(self, weight: torch.Tensor) -> None:
+        """Add a fixed head of ``weight`` ``[projection_dim, embedding_dim]`` (``models.projection``)."""
+        self.projection = nn.Linear(self.embedding_dim, weight.shape[0], bias=False)
+        with torch.no_grad():
+            self.projection.weight.copy_(weight)
+        self.feature_dim = int(weight.shape[0]) * (2 if self.split_sign else 1)
+
+    def emitted(self, feature: torch.Tensor) -> torch.Tensor:
+        """Apply the projection head (if any) to normalised features and normalise again."""
+        return feature if self.projection is None else F.normalize(self.projection(feature), dim=1)
+
+    def encode_sign(self, feature: torch.Tensor) -> torch.Tensor:
+        """``[relu(f), relu(-f)]`` with ``split_sign`` (norm and information kept), else ``f``."""
+        return torch.cat([F.relu(feature), F.relu(-feature)], dim=1) if self.split_sign else feature
+
+
+class ReIDEncoder(EmittedFeature, nn.Module):
     """Backbone -> GAP -> linear embedding -> BNNeck.
 
     ``forward`` returns L2-normalised BNNeck features in eval mode and the raw BNNeck output in
@@ -81,26 +111,6 @@ class ReIDEncoder(nn.Module):
         self.split_sign = split_sign
         self.feature_dim = (projection_dim or embedding_dim) * (2 if split_sign else 1)
 
-    @property
-    def output_domain(self) -> str:
-        """Where emitted features lie: ``nonnegative`` (sensitivity √2·C) or ``signed`` (2·C)."""
-        return output_domain(self.feature_domain, self.split_sign)
-
-    def attach_projection(self, weight: torch.Tensor) -> None:
-        """Add a fixed head of ``weight`` ``[projection_dim, embedding_dim]`` (``models.projection``)."""
-        self.projection = nn.Linear(self.embedding_dim, weight.shape[0], bias=False)
-        with torch.no_grad():
-            self.projection.weight.copy_(weight)
-        self.feature_dim = int(weight.shape[0]) * (2 if self.split_sign else 1)
-
-    def emitted(self, feature: torch.Tensor) -> torch.Tensor:
-        """Apply the projection head (if any) to normalised features and normalise again."""
-        return feature if self.projection is None else F.normalize(self.projection(feature), dim=1)
-
-    def encode_sign(self, feature: torch.Tensor) -> torch.Tensor:
-        """``[relu(f), relu(-f)]`` with ``split_sign`` (norm and information kept), else ``f``."""
-        return torch.cat([F.relu(feature), F.relu(-feature)], dim=1) if self.split_sign else feature
-
     def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pre-BN embedding, post-BN embedding)."""
         maps = self.backbone(images)
@@ -123,3 +133,39 @@ class ReIDEncoder(nn.Module):
         if self.flip_average:
             feature = F.normalize(feature + self.emitted(self.deploy(self.forward_train(images.flip(3))[1])), dim=1)
         return self.encode_sign(feature)
+
+
+class EnsembleEncoder(EmittedFeature, nn.Module):
+    """Trained encoders side by side. Each member sees the crop at its own input size (resized in the graph, bilinear,
+    from the ensemble's input), the members' unit features are concatenated with equal weight and normalised, and the
+    projection head and split signs follow as in :class:`ReIDEncoder`. Members are signed single-view encoders without
+    a head of their own; the ensemble is never trained, only assembled (``reid-project`` with several checkpoints)."""
+
+    def __init__(
+        self,
+        members: list[ReIDEncoder],
+        member_sizes: list[tuple[int, int]],
+        *,
+        projection_dim: int | None = None,
+        split_sign: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(members) < 2 or len(member_sizes) != len(members):
+            raise ValueError("an ensemble needs two or more members, each with its input size")
+        if any(m.projection is not None or m.split_sign or m.flip_average or m.output_domain != "signed" for m in members):
+            raise ValueError("ensemble members must be signed single-view encoders without a projection head")
+        self.members = nn.ModuleList(members)
+        self.member_sizes = [(int(h), int(w)) for h, w in member_sizes]
+        self.feature_domain = "signed"
+        self.flip_average = False
+        self.embedding_dim = sum(m.feature_dim for m in members)
+        self.projection = nn.Linear(self.embedding_dim, projection_dim, bias=False) if projection_dim else None
+        self.split_sign = split_sign
+        self.feature_dim = (projection_dim or self.embedding_dim) * (2 if split_sign else 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        parts = []
+        for member, size in zip(self.members, self.member_sizes, strict=True):
+            x = images if tuple(images.shape[-2:]) == size else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            parts.append(F.normalize(member(x), dim=1))  # a member in eval mode emits unit features already
+        return self.encode_sign(self.emitted(F.normalize(torch.cat(parts, dim=1), dim=1)))

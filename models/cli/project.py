@@ -14,16 +14,27 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from models.checkpoint import Embedder
 
 log = logging.getLogger("reid.project")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reid-project", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="encoder-only checkpoint without a projection head")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        action="append",
+        help="encoder-only checkpoint without a projection head; given more than once, the head is fitted on an ensemble "
+        "of them (members concatenated with equal weight; their files must sit beside --out, which names them by SHA-256)",
+    )
     p.add_argument("--data", type=Path, default=Path("../shared/datasets/cuhk03-detected"), help="Market-1501-layout folder")
     p.add_argument("--dim", type=int, default=48, help="directions kept")
     p.add_argument("--regularisation", type=float, default=0.01, help="added to the within-identity scatter's diagonal")
@@ -47,15 +58,17 @@ def main(argv: list[str] | None = None) -> None:
     from models.projection import fit_lda
     from models.trainer import code_revision
 
-    embedder = load_encoder(args.checkpoint)
+    parents = [load_encoder(path) for path in args.checkpoint]
+    for path, parent in zip(args.checkpoint, parents, strict=True):
+        if parent.metadata.get("projection"):
+            raise SystemExit(f"{path} has a projection head already; fit on the checkpoint it came from")
+        if parent.metadata.get("flip_average") or parent.metadata.get("feature_domain", "signed") != "signed":
+            raise SystemExit(
+                f"{path}: the head is fitted on single-view features in the signed domain; "
+                "export the encoder without --flip-average and with the signed domain"
+            )
+    embedder = parents[0] if len(parents) == 1 else ensemble_of(args.checkpoint, parents, args.out)
     meta = dict(embedder.metadata)
-    if meta.get("projection"):
-        raise SystemExit(f"{args.checkpoint} has a projection head already; fit on the checkpoint it came from")
-    if meta.get("flip_average") or meta.get("feature_domain", "signed") != "signed":
-        raise SystemExit(
-            f"{args.checkpoint}: the head is fitted on single-view features in the signed domain; "
-            "export the encoder without --flip-average and with the signed domain"
-        )
     train = read_market_split(args.data).train
     if args.max_train_ids:
         train = [s for s in train if s.pid < args.max_train_ids]
@@ -81,14 +94,45 @@ def main(argv: list[str] | None = None) -> None:
         "regularisation": args.regularisation,
         "fitted_on": f"{args.data.name}: bounding_box_train ({len(train)} crops, {len({s.pid for s in train})} identities)",
     }
-    meta["initialised_from"] = {"file": args.checkpoint.name, "sha256": embedder.sha256} | {
-        k: meta[k] for k in ("name", "epochs", "metrics", "code_revision", "initialised_from") if k in meta
-    }
+    if len(parents) == 1:
+        meta["initialised_from"] = {"file": args.checkpoint[0].name, "sha256": embedder.sha256} | {
+            k: meta[k] for k in ("name", "epochs", "metrics", "code_revision", "initialised_from") if k in meta
+        }
     meta["name"] = args.out.stem
     meta["code_revision"] = code_revision()  # the code that made this file; the parent's is under initialised_from
     meta.pop("metrics", None)
     save_encoder(encoder, args.out, meta, track_scorer=scorer)
     log.info("wrote %s (%d-d features)", args.out, encoder.feature_dim)
+
+
+def ensemble_of(paths: list[Path], parents: list[Embedder], out: Path) -> Embedder:
+    """An :class:`~models.encoder.EnsembleEncoder` of ``parents`` (input: the largest member size), to be saved as
+    ``out``: each member's file must already sit beside ``out`` (the checkpoint names it, it does not copy it)."""
+    from models.checkpoint import Embedder, file_sha256
+    from models.encoder import EnsembleEncoder, ReIDEncoder
+
+    members = []
+    for path, parent in zip(paths, parents, strict=True):
+        beside = out.parent / path.name
+        if not beside.is_file() or file_sha256(beside) != parent.sha256:
+            raise SystemExit(f"{path.name} must sit beside {out} (the ensemble names its members' files, it does not copy them)")
+        assert isinstance(parent.model, ReIDEncoder)
+        members.append(
+            {"file": path.name, "sha256": parent.sha256, "input_size": list(parent.input_size)}
+            | {k: parent.metadata[k] for k in ("name", "backbone", "embedding_dim", "metrics", "code_revision") if k in parent.metadata}
+        )
+    model = EnsembleEncoder([p.model for p in parents if isinstance(p.model, ReIDEncoder)], [p.input_size for p in parents])
+    input_size = max((p.input_size for p in parents), key=lambda size: size[0] * size[1])
+    meta = {
+        "backbone": "ensemble",
+        "members": members,
+        "input_size": list(input_size),
+        "embedding_dim": model.embedding_dim,
+        "feature_domain": "signed",
+        "flip_average": False,
+        "combination": "unit features concatenated with equal weight, normalised; members resized in the graph (bilinear)",
+    }
+    return Embedder(model=model.eval(), device=parents[0].device, input_size=input_size, metadata=meta)
 
 
 if __name__ == "__main__":

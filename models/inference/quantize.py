@@ -132,9 +132,9 @@ def _first_convs(path: Path, count: int) -> list[str]:
 
 def _tail_nodes(path: Path) -> list[str]:
     """Names of the head's nodes, kept in float: everything from the first MatMul/Gemm (the embedding layer) on that is
-    not in a backbone pass — BNNeck, L2 normalisations, the projection head if any, the flip average."""
+    not in a backbone pass (any member's, in an ensemble) — BNNeck, L2 normalisations, the projection head if any, the flip average."""
     import onnx
 
     nodes = list(onnx.load(str(path)).graph.node)
     first = min((i for i, n in enumerate(nodes) if n.op_type in {"MatMul", "Gemm"}), default=len(nodes) - 1)
-    return [n.name for n in nodes[first:] if not n.name.startswith("/backbone")]
+    return [n.name for n in nodes[first:] if "/backbone" not in n.name]  # an ensemble member's is under /members.N/backbone

@@ -91,3 +91,73 @@ def test_training_refuses_to_start_from_a_checkpoint_with_a_head(tmp_path):
     save_encoder(ReIDEncoder(embedding_dim=16, projection_dim=4), tmp_path / "enc.pt", meta)
     with pytest.raises(ValueError, match=r"train from its parent \(parent.pt\)"):
         load_encoder_state(ReIDEncoder(embedding_dim=16), tmp_path / "enc.pt")
+
+
+def _members(tmp_path, sizes=((64, 32), (48, 24))):
+    """Two small random encoders saved as checkpoints (different input sizes), with their paths."""
+    paths = []
+    for i, size in enumerate(sizes):
+        torch.manual_seed(10 + i)
+        meta = {"backbone": "mobilenet_v2", "embedding_dim": 8 + 8 * i, "input_size": list(size), "name": f"member{i}"}
+        paths.append(tmp_path / f"member{i}.pt")
+        save_encoder(ReIDEncoder(embedding_dim=8 + 8 * i), paths[-1], meta)
+    return paths
+
+
+def test_an_ensemble_concatenates_its_members_unit_features_and_names_their_files(tmp_path):
+    """An ensemble resizes the crop for each member in the graph, concatenates the members' unit features with equal
+    weight and normalises, then applies its head and split signs; its checkpoint holds only the head and names each
+    member's file by SHA-256, which must sit beside it unchanged."""
+    import torch.nn.functional as F
+
+    from models.checkpoint import file_sha256
+    from models.encoder import EnsembleEncoder
+
+    paths = _members(tmp_path)
+    members = [load_encoder(p) for p in paths]
+    torch.manual_seed(0)
+    ensemble = EnsembleEncoder([m.model for m in members], [m.input_size for m in members], projection_dim=4, split_sign=True).eval()  # type: ignore[misc]
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        parts = [members[0].model(x), members[1].model(F.interpolate(x, size=(48, 24), mode="bilinear", align_corners=False))]
+        signed = F.normalize(F.normalize(torch.cat(parts, dim=1), dim=1) @ ensemble.projection.weight.T, dim=1)  # type: ignore[union-attr]
+        assert torch.allclose(ensemble(x), torch.cat([F.relu(signed), F.relu(-signed)], dim=1), atol=1e-6)
+    meta = {"backbone": "ensemble", "input_size": [64, 32], "embedding_dim": 24, "projection": {"dim": 4}, "split_sign": True}
+    meta["members"] = [{"file": p.name, "sha256": file_sha256(p), "input_size": list(m.input_size)} for p, m in zip(paths, members, strict=True)]
+    save_encoder(ensemble, tmp_path / "ensemble.pt", meta)
+    assert set(read_checkpoint(tmp_path / "ensemble.pt")["state_dict"]) == {"projection.weight"}
+    loaded = load_encoder(tmp_path / "ensemble.pt")
+    assert loaded.embedding_dim == 8 and loaded.feature_domain == "nonnegative" and loaded.split_sign
+    crops = torch.randint(0, 256, (5, 3, 64, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        from models.data.transforms import eval_transform
+
+        expected = ensemble(eval_transform(crops, (64, 32))).numpy()
+    assert np.allclose(loaded.embed(crops), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="members must be signed single-view"):
+        EnsembleEncoder([ensemble.members[0], ReIDEncoder(embedding_dim=8, split_sign=True)], [(64, 32), (64, 32)])  # type: ignore[list-item]
+    save_encoder(ReIDEncoder(embedding_dim=8), paths[1], {"backbone": "mobilenet_v2", "embedding_dim": 8, "input_size": [48, 24]})
+    with pytest.raises(ValueError, match="SHA-256 differs"):
+        load_encoder(tmp_path / "ensemble.pt")
+    paths[1].unlink()
+    with pytest.raises(FileNotFoundError, match="must sit beside it"):
+        load_encoder(tmp_path / "ensemble.pt")
+
+
+def test_reid_project_fits_one_head_on_an_ensemble_of_checkpoints(tmp_path):
+    data = require_shared_data()
+    paths = _members(tmp_path)
+    out = tmp_path / "ensemble.pt"
+    cmd = [sys.executable, "-m", "models.cli.project", "--checkpoint", str(paths[0]), "--checkpoint", str(paths[1]), "--data", str(data),
+           "--dim", "4", "--split-sign", "--max-train-ids", "12", "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    meta = read_checkpoint(out)["metadata"]
+    assert meta["backbone"] == "ensemble" and [m["file"] for m in meta["members"]] == ["member0.pt", "member1.pt"]
+    assert meta["input_size"] == [64, 32] and meta["embedding_dim"] == 24 and meta["projection"]["dim"] == 4
+    assert read_checkpoint(out)["state_dict"]["projection.weight"].shape == (4, 24) and "track_scorer" in read_checkpoint(out)
+    embedder = load_encoder(out)
+    assert embedder.embedding_dim == 8 and embedder.track_scorer is not None and embedder.track_scorer.dim == 8
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = subprocess.run([*cmd[:-1], str(elsewhere / "ensemble.pt")], capture_output=True, text=True, timeout=300)
+    assert moved.returncode != 0 and "must sit beside" in moved.stderr
