@@ -633,6 +633,8 @@ class ModelOut(BaseModel):
     track_scoring: Literal["likelihood", "cosine"] = Field(
         "cosine", description="how grouped search scores noisy groups: the checkpoint's noise-aware likelihood ratio, or cosine"
     )
+    members: list[str] = Field(default_factory=list, description="an ensemble's member checkpoint files (empty for a single encoder)")
+    backend: str = Field("torch", description="the runtime that computes features: torch, onnxruntime or openvino")
 
 
 class HealthOut(BaseModel):

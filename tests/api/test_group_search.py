@@ -200,6 +200,7 @@ def test_a_split_sign_encoder_releases_at_sensitivity_root_two_and_scores_tracks
         assert math.isclose(tradeoff["points"][0]["sigma"], sigma)
         model = client.get("/v1/model").json()
         assert model["feature_domain"] == "nonnegative" and model["track_scoring"] == "likelihood" and model["embedding_dim"] == 32
+        assert model["members"] == [] and model["backend"] == "torch"
         with client.app.state.reid.sessions() as session:
             stored = session.query(GalleryItem).all()
             rows = {r.id: np.frombuffer(r.feature, dtype="<f4").astype(np.float64) for r in stored}

@@ -107,4 +107,6 @@ def model_info(request: Request) -> ModelOut:
         model_mismatch_tenants=sorted(state.gallery.mismatched),
         feature_domain=state.gallery.feature_domain,
         track_scoring="likelihood" if state.gallery.track_scorer is not None else "cosine",
+        members=[str(member.get("file")) for member in meta.get("members", [])],
+        backend=embedder.backend,
     )
