@@ -126,6 +126,8 @@ class _Scoring:
         todo.sort()
         counts = records.group_sizes(todo)
         self.valid[todo] = counts > 0
+        for kept in self.rows.values():  # a group left empty keeps no trace of its erased records
+            kept[todo[(counts == 0) & (todo < kept.shape[0])]] = 0
         todo, counts = todo[counts > 0], counts[counts > 0]
         if todo.size == 0:
             return
@@ -289,17 +291,21 @@ class _Records:
         return code
 
     def _drop(self, rows: np.ndarray) -> None:
-        """Mark ``rows`` (live) dead; compact once dead rows outnumber live ones."""
+        """Mark ``rows`` (live) dead and wipe what they held; compact once dead rows outnumber live ones."""
         if rows.size == 0:
             return
-        changed = set()
-        for row in rows.tolist():
-            code = int(self.codes[row])
-            self.members[code].remove(row)
-            changed.add(code)
-            del self.row_of[int(self.ids[row])]
-        self.alive[rows] = False
+        gone = set(rows.tolist())
+        changed = {int(c) for c in self.codes[rows]}
+        for code in changed:  # one pass per group (erasing a large subject is linear, not quadratic)
+            self.members[code] = [row for row in self.members[code] if row not in gone]
+        for item_id in self.ids[rows].tolist():
+            del self.row_of[item_id]
         self.noisy -= int((self.sigmas[rows] > 0).sum())
+        self.alive[rows] = False
+        # an erased record leaves nothing behind in memory either: its feature, references and times are cleared now
+        assert self.features is not None
+        self.features[rows] = 0.0
+        self.subjects[rows], self.cameras[rows], self.times[rows], self.sigmas[rows] = None, None, 0, 0.0
         self._changed(changed)
         if self.size - self.live > max(1024, self.live):
             self._compact()
@@ -415,6 +421,8 @@ class GroupSearch:
             if not filters.selects_records:  # the tenant's groups, refreshed where their records changed
                 table = entry.scoring(used, split_sign)
                 codes = table.live_codes()
+                if codes.size == 0:
+                    return [], scoring
                 scores = table.scores(query)[codes]
                 top = _top(codes, scores, entry.names, k, filters.min_score)
                 return [_hit(entry.names[c], s, entry.members[c], entry) for c, s in top], scoring

@@ -358,6 +358,8 @@ def test_group_codes_are_renumbered_once_most_groups_are_gone():
     assert records.row_of == {i: i for i in range(100)} and records.members == [[i] for i in range(100)]
     records._drop(np.arange(90, 100))  # a few more: marked dead, no compaction below the threshold
     assert records.size == 100 and len(records.names) == 100 and records.live == 90
+    # nothing of an erased record stays in memory: its feature, references and times are wiped at once
+    assert not records.features[90:100].any() and set(records.cameras[90:100]) == {None} and not records.times[90:100].any()
     rows = records.live_rows()
     assert [records.names[c] for c in records.codes[rows]] == keys[:90] and records.members[95] == []
 
@@ -391,6 +393,8 @@ def test_incremental_group_rows_equal_a_fresh_grouping_through_appends_drops_and
             assert {records.names[c] for c in records.codes[live]} == {k for k, rows in zip(records.names, records.members, strict=True) if rows}
             table = records.scoring(used, split)
             codes = table.live_codes()
+            emptied = np.flatnonzero(~table.valid[: table.count])
+            assert not any(rows[emptied].any() for rows in table.rows.values())  # an emptied group keeps no row
             fresh = Grouped.of(records.codes[live], records.features[live], records.sigmas[live], records.scales[live], used, split)
             assert np.array_equal(codes, fresh.live)
             for query in queries:
