@@ -9,6 +9,7 @@ or OpenVINO runner behind the same ``embed`` after checking that its features ma
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,9 +150,10 @@ def _prepare(model: Encoder, device: torch.device) -> Encoder:
     return model
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The ``{"format", "state_dict", "metadata"}`` payload of an encoder-only checkpoint (tensors on CPU)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+def read_checkpoint(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """The ``{"format", "state_dict", "metadata"}`` payload of an encoder-only checkpoint (tensors on CPU); from
+    ``data`` (the file's bytes, already read) when given."""
+    payload = torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} encoder checkpoint")
     return payload
@@ -160,7 +162,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
     """Load an encoder-only checkpoint strictly; raises on any missing or extra key."""
     path = Path(path)
-    payload = read_checkpoint(path)
+    data = path.read_bytes()  # read once: the SHA-256 reported (and checked for ensemble members) is of what was loaded
+    payload = read_checkpoint(path, data)
     meta = payload["metadata"]
     projection_dim = int(meta["projection"]["dim"]) if meta.get("projection") else None
     model: Encoder
@@ -171,7 +174,10 @@ def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
             projection_dim=projection_dim,
             split_sign=bool(meta.get("split_sign", False)),
         )
-        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        own = payload["state_dict"]
+        if any(key.startswith("members.") for key in own):  # members come from their verified files, never from here
+            raise ValueError(f"{path}: an ensemble checkpoint must not carry its members' weights")
+        missing, unexpected = model.load_state_dict(own, strict=False)
         if unexpected or any(not key.startswith("members.") for key in missing):
             raise ValueError(f"{path}: the ensemble's weights do not match its structure ({sorted(unexpected) or sorted(missing)})")
     else:
@@ -194,21 +200,26 @@ def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
         device=dev,
         input_size=(int(meta["input_size"][0]), int(meta["input_size"][1])),
         metadata=meta,
-        sha256=file_sha256(path),
+        sha256=hashlib.sha256(data).hexdigest(),
         source=path.name,
     )
 
 
 def _member(ensemble_path: Path, member: dict[str, Any]) -> ReIDEncoder:
     """An ensemble member: its checkpoint beside the ensemble's, with the SHA-256 the ensemble was built from."""
-    path = ensemble_path.parent / str(member["file"])
+    name = str(member["file"])
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise ValueError(f"{ensemble_path.name}: a member is named by a file name beside it, not a path ({name!r})")
+    path = ensemble_path.parent / name
     if not path.is_file():
-        raise FileNotFoundError(f"{ensemble_path.name}: member checkpoint {member['file']} must sit beside it")
-    if file_sha256(path) != member["sha256"]:
-        raise ValueError(f"{ensemble_path.name}: member {member['file']} is not the file it was built from (SHA-256 differs)")
-    embedder = load_encoder(path)
+        raise FileNotFoundError(f"{ensemble_path.name}: member checkpoint {name} must sit beside it")
+    embedder = load_encoder(path)  # hashes the file it loads
+    if embedder.sha256 != member["sha256"]:
+        raise ValueError(f"{ensemble_path.name}: member {name} is not the file it was built from (SHA-256 differs)")
     if not isinstance(embedder.model, ReIDEncoder):
-        raise ValueError(f"{ensemble_path.name}: member {member['file']} is an ensemble itself")
+        raise ValueError(f"{ensemble_path.name}: member {name} is an ensemble itself")
+    if list(embedder.input_size) != [int(v) for v in member["input_size"]]:
+        raise ValueError(f"{ensemble_path.name}: member {name} takes {list(embedder.input_size)} crops, not {member['input_size']}")
     return embedder.model
 
 

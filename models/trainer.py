@@ -315,6 +315,9 @@ def load_encoder_state(encoder: ReIDEncoder, path: Path) -> dict[str, Any]:
     """Copy an encoder-only checkpoint's weights into ``encoder`` (strict); returns its provenance."""
     payload = read_checkpoint(path)
     meta = payload["metadata"]
+    if meta.get("backbone") == "ensemble":
+        files = ", ".join(str(m.get("file")) for m in meta.get("members", []))
+        raise ValueError(f"{path} is an ensemble (reid-project); train one of its members ({files}) and assemble a new ensemble after")
     if meta.get("projection"):
         parent = (meta.get("initialised_from") or {}).get("file", "the checkpoint it was fitted on")
         raise ValueError(f"{path} has a fixed projection head (reid-project); train from its parent ({parent}) and fit a new head after")

@@ -125,9 +125,15 @@ def _quantize(fp32_onnx: str | Path, out: Path, embedder: Embedder, crops: torch
 
 
 def _first_convs(path: Path, count: int) -> list[str]:
+    """The first ``count`` convolutions of each backbone (each ensemble member's; a flip average's second pass shares
+    its prefix, so a single encoder keeps its first ``count`` as before)."""
     import onnx
 
-    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"][:count]
+    by_backbone: dict[str, list[str]] = {}
+    for node in onnx.load(str(path)).graph.node:
+        if node.op_type == "Conv":
+            by_backbone.setdefault(node.name.split("/backbone")[0], []).append(node.name)
+    return [name for names in by_backbone.values() for name in names[:count]]
 
 
 def _tail_nodes(path: Path) -> list[str]:

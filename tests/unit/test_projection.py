@@ -136,6 +136,23 @@ def test_an_ensemble_concatenates_its_members_unit_features_and_names_their_file
     assert np.allclose(loaded.embed(crops), expected, atol=1e-5)
     with pytest.raises(ValueError, match="members must be signed single-view"):
         EnsembleEncoder([ensemble.members[0], ReIDEncoder(embedding_dim=8, split_sign=True)], [(64, 32), (64, 32)])  # type: ignore[list-item]
+    from models.trainer import load_encoder_state
+
+    with pytest.raises(ValueError, match=r"is an ensemble \(reid-project\); train one of its members \(member0.pt, member1.pt\)"):
+        load_encoder_state(ReIDEncoder(embedding_dim=8), tmp_path / "ensemble.pt")
+    payload = read_checkpoint(tmp_path / "ensemble.pt")
+    smuggled = {**payload, "state_dict": {**payload["state_dict"], **{f"members.0.{k}": v for k, v in members[0].model.state_dict().items()}}}
+    torch.save(smuggled, tmp_path / "smuggled.pt")  # member weights inside the ensemble file would bypass the checked files
+    with pytest.raises(ValueError, match="must not carry its members' weights"):
+        load_encoder(tmp_path / "smuggled.pt")
+    by_path = {**payload, "metadata": {**meta, "members": [{**meta["members"][0], "file": str(paths[0])}, meta["members"][1]]}}
+    torch.save(by_path, tmp_path / "by_path.pt")
+    with pytest.raises(ValueError, match="not a path"):
+        load_encoder(tmp_path / "by_path.pt")
+    wrong_size = {**payload, "metadata": {**meta, "members": [meta["members"][0], {**meta["members"][1], "input_size": [64, 32]}]}}
+    torch.save(wrong_size, tmp_path / "wrong_size.pt")
+    with pytest.raises(ValueError, match="takes \\[48, 24\\] crops"):
+        load_encoder(tmp_path / "wrong_size.pt")
     save_encoder(ReIDEncoder(embedding_dim=8), paths[1], {"backbone": "mobilenet_v2", "embedding_dim": 8, "input_size": [48, 24]})
     with pytest.raises(ValueError, match="SHA-256 differs"):
         load_encoder(tmp_path / "ensemble.pt")
@@ -161,3 +178,21 @@ def test_reid_project_fits_one_head_on_an_ensemble_of_checkpoints(tmp_path):
     elsewhere.mkdir()
     moved = subprocess.run([*cmd[:-1], str(elsewhere / "ensemble.pt")], capture_output=True, text=True, timeout=300)
     assert moved.returncode != 0 and "must sit beside" in moved.stderr
+
+
+def test_the_service_reports_an_ensembles_members(tmp_path, settings):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from models.checkpoint import file_sha256
+    from models.encoder import EnsembleEncoder
+
+    paths = _members(tmp_path)
+    members = [load_encoder(p) for p in paths]
+    ensemble = EnsembleEncoder([m.model for m in members], [m.input_size for m in members])  # type: ignore[misc]
+    meta = {"backbone": "ensemble", "input_size": [64, 32], "embedding_dim": 24, "name": "tiny-ensemble"}
+    meta["members"] = [{"file": p.name, "sha256": file_sha256(p), "input_size": list(m.input_size)} for p, m in zip(paths, members, strict=True)]
+    save_encoder(ensemble, tmp_path / "ensemble.pt", meta)
+    with TestClient(create_app(settings, embedder=load_encoder(tmp_path / "ensemble.pt"))) as client:
+        model = client.get("/v1/model").json()
+    assert model["backbone"] == "ensemble" and model["members"] == ["member0.pt", "member1.pt"] and model["embedding_dim"] == 24
