@@ -72,7 +72,10 @@ def test_identity_loss_makes_reconstructions_carry_the_attacked_encoders_feature
         with torch.no_grad():
             return float(1 - (identity(reconstruct(decoder, features).float() / 255) * features).sum(dim=1).mean())
 
-    assert identity_gap(1.0) < identity_gap(0.0)
+    # the identity term (1 − cosine, about 0.02 here) is small beside the pixel loss: at weight 1 the two runs differ by
+    # training noise, and which came out ahead depended on the host (it failed on stop 19's host, the previous tree too);
+    # at weight 10 the gap is less than half (0.0077 vs 0.0180 there)
+    assert identity_gap(10.0) < 0.75 * identity_gap(0.0)
 
 
 class ColourJudge:
