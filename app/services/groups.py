@@ -103,9 +103,7 @@ class _Scoring:
         self.all_dirty = True  # every code: a new table, or codes renumbered
         self.valid = np.zeros(0, dtype=bool)  # by code, for the first ``count`` codes: the group has records
         self.count = 0
-        self.rows: dict[str, np.ndarray] = {}  # likelihood: weighted, inverse_variance, offset; cosine: centroids
-        self.expectation: np.ndarray | None = None
-        self.model_mean: np.ndarray | None = None
+        self.rows: dict[str, np.ndarray] = {}  # by code (``_group_rows``): likelihood weighted, inverse_variance, offset; cosine centroids
         self.rows_computed = 0  # groups prepared so far (tests check that unchanged groups are not recomputed)
 
     def refresh(self, records: _Records) -> None:
@@ -132,20 +130,10 @@ class _Scoring:
         if todo.size == 0:
             return
         positions = records.members_of(todo)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         assert records.features is not None
+        group_of = np.repeat(np.arange(todo.size), counts)
         features, sigmas, scales = records.features[positions], records.sigmas[positions], records.scales[positions]
-        if self.scorer is not None:  # the scorer's model is of unit features: a clipping norm C < 1 is undone
-            sums = np.add.reduceat(features / scales[:, None], starts, axis=0)
-            noise = np.add.reduceat((sigmas / scales) ** 2, starts) / counts.astype(np.float64) ** 2
-            prepared = self.scorer.prepare(sums / counts[:, None], noise, dtype=np.float32)
-            self.expectation, self.model_mean = prepared.expectation, prepared.mean
-            new = {"weighted": prepared.weighted, "inverse_variance": prepared.inverse_variance, "offset": prepared.offset}
-        else:
-            sums = np.add.reduceat(features.astype(np.float64), starts, axis=0)
-            if self.split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
-                sums = signed_features(sums)
-            new = {"centroids": sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)}
+        new = _group_rows(features, sigmas, scales, group_of, todo.size, self.scorer, self.split_sign)
         for name, values in new.items():
             table = self.rows.get(name)
             if table is None:
@@ -159,15 +147,43 @@ class _Scoring:
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """One score per group code below ``count`` (meaningless where not ``valid``)."""
-        codes = self.count
-        if self.scorer is not None:
-            assert self.expectation is not None and self.model_mean is not None
-            weighted, inverse_variance = self.rows["weighted"][:codes], self.rows["inverse_variance"][:codes]
-            expected = ((query - self.model_mean) @ self.expectation).astype(weighted.dtype)
-            return (weighted @ expected - 0.5 * (inverse_variance @ expected**2) + self.rows["offset"][:codes]).astype(np.float64)
-        if self.split_sign:
-            query = signed_features(query)
-        return self.rows["centroids"][:codes] @ (query / max(float(np.linalg.norm(query)), 1e-12))
+        return _group_scores({name: rows[: self.count] for name, rows in self.rows.items()}, self.scorer, self.split_sign, query)
+
+
+def _group_rows(
+    features: np.ndarray,
+    sigmas: np.ndarray,
+    scales: np.ndarray,
+    group_of: np.ndarray,
+    groups: int,
+    scorer: TrackScorer | None,
+    split_sign: bool,
+) -> dict[str, np.ndarray]:
+    """Scoring rows of ``groups`` groups, record i in group ``group_of[i]`` (each group has records; a group's records
+    are summed in their given order): with a ``scorer``, its query-free track terms (features and σ first rescaled by
+    ``scales``: the scorer's model is of unit features, so a clipping norm C < 1 is undone), else each group's
+    normalised mean (of the signed features, for split-sign ones)."""
+    from scipy.sparse import csr_matrix
+
+    membership = csr_matrix((np.ones(group_of.size), (group_of, np.arange(group_of.size))), shape=(groups, group_of.size))
+    if scorer is not None:
+        sums = np.asarray(membership @ (features / scales[:, None]))
+        counts = np.bincount(group_of, minlength=groups).astype(np.float64)
+        prepared = scorer.prepare(sums / counts[:, None], track_noise_variance(sigmas / scales, group_of, groups), dtype=np.float32)
+        return {"weighted": prepared.weighted, "inverse_variance": prepared.inverse_variance, "offset": prepared.offset}
+    sums = np.asarray(membership @ features.astype(np.float64))
+    if split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
+        sums = signed_features(sums)
+    return {"centroids": sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)}
+
+
+def _group_scores(rows: dict[str, np.ndarray], scorer: TrackScorer | None, split_sign: bool, query: np.ndarray) -> np.ndarray:
+    """One score per row of ``_group_rows`` for a clean query (float64)."""
+    if scorer is not None:
+        return scorer.tracks(rows["weighted"], rows["inverse_variance"], rows["offset"]).scores(query)[0].astype(np.float64)
+    if split_sign:
+        query = signed_features(query)
+    return rows["centroids"] @ (query / max(float(np.linalg.norm(query)), 1e-12))
 
 
 @dataclass
@@ -500,37 +516,18 @@ class Grouped:
 
     live: np.ndarray  # [G] the codes present (sorted)
     group_of: np.ndarray  # [N] each record's index into ``live``
-    scores_of: Any  # query -> [G] scores
+    rows: dict[str, np.ndarray]  # ``_group_rows`` of the groups in ``live``
+    scorer: TrackScorer | None
+    split_sign: bool
 
     @classmethod
     def of(
         cls, codes: np.ndarray, features: np.ndarray, sigmas: np.ndarray, scales: np.ndarray, scorer: TrackScorer | None, split_sign: bool
     ) -> Grouped:
-        """Group records by their ``codes``; with a ``scorer``, features (and σ) are first rescaled by ``scales``: the
-        scorer's model is of unit features, so a clipping norm C < 1 is undone."""
-        from scipy.sparse import csr_matrix
-
+        """Group records by their ``codes`` (each group's records summed in their given order)."""
         live, group_of = np.unique(codes, return_inverse=True)
-        if scorer is not None:
-            features, sigmas = features / scales[:, None], sigmas / scales
-        else:
-            features = features.astype(np.float64)
-        membership = csr_matrix((np.ones(codes.size), (group_of, np.arange(codes.size))), shape=(live.size, codes.size))
-        sums = np.asarray(membership @ features)
-        if scorer is not None:
-            counts = np.bincount(group_of, minlength=live.size).astype(np.float64)
-            prepared = scorer.prepare(sums / counts[:, None], track_noise_variance(sigmas, group_of, live.size), dtype=np.float32)
-            return cls(live, group_of, lambda q: prepared.scores(q)[0].astype(np.float64))
-        if split_sign:
-            sums = signed_features(sums)
-        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-
-        def cosine(query: np.ndarray) -> np.ndarray:
-            q = signed_features(query) if split_sign else query
-            return centroids @ (q / max(float(np.linalg.norm(q)), 1e-12))
-
-        return cls(live, group_of, cosine)
+        return cls(live, group_of, _group_rows(features, sigmas, scales, group_of, live.size, scorer, split_sign), scorer, split_sign)
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """One score per group for a clean query (float64)."""
-        return np.asarray(self.scores_of(query))
+        return _group_scores(self.rows, self.scorer, self.split_sign, query)

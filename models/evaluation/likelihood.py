@@ -100,6 +100,12 @@ class TrackScorer:
             offset=(track_terms + log_det).astype(dtype),
         )
 
+    def tracks(self, weighted: np.ndarray, inverse_variance: np.ndarray, offset: np.ndarray) -> PreparedTracks:
+        """Tracks for clean queries assembled from rows of earlier ``prepare`` calls (grouped search keeps its rows per
+        group and recomputes only those that changed)."""
+        gain, _, (_, residual_vectors) = self._clean_basis
+        return PreparedTracks(self.mean, gain.T @ residual_vectors, weighted, inverse_variance, offset)
+
     @cached_property
     def _clean_basis(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """``_basis`` for clean queries, computed once (grouped search prepares a few changed tracks at a time)."""
