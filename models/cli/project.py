@@ -111,17 +111,19 @@ def ensemble_of(paths: list[Path], parents: list[Embedder], out: Path) -> Embedd
     from models.checkpoint import Embedder, file_sha256
     from models.encoder import EnsembleEncoder, ReIDEncoder
 
-    members = []
+    members, models = [], []
     for path, parent in zip(paths, parents, strict=True):
         beside = out.parent / path.name
         if not beside.is_file() or file_sha256(beside) != parent.sha256:
             raise SystemExit(f"{path.name} must sit beside {out} (the ensemble names its members' files, it does not copy them)")
-        assert isinstance(parent.model, ReIDEncoder)
+        if not isinstance(parent.model, ReIDEncoder):
+            raise SystemExit(f"{path} is an ensemble itself; give its members")
+        models.append(parent.model)
         members.append(
             {"file": path.name, "sha256": parent.sha256, "input_size": list(parent.input_size)}
             | {k: parent.metadata[k] for k in ("name", "backbone", "embedding_dim", "metrics", "code_revision") if k in parent.metadata}
         )
-    model = EnsembleEncoder([p.model for p in parents if isinstance(p.model, ReIDEncoder)], [p.input_size for p in parents])
+    model = EnsembleEncoder(models, [p.input_size for p in parents])
     input_size = max((p.input_size for p in parents), key=lambda size: size[0] * size[1])
     meta = {
         "backbone": "ensemble",
