@@ -29,6 +29,13 @@ class EmittedFeature:
     split_sign: bool
     feature_dim: int
 
+    def _head(self, projection_dim: int | None, split_sign: bool) -> None:
+        """The head after ``embedding_dim`` normalised coordinates: a projection to ``projection_dim`` (a ``Linear``
+        without bias, fitted later by ``attach_projection`` or loaded) and split signs."""
+        self.projection = nn.Linear(self.embedding_dim, projection_dim, bias=False) if projection_dim else None
+        self.split_sign = split_sign
+        self.feature_dim = (projection_dim or self.embedding_dim) * (2 if split_sign else 1)
+
     @property
     def output_domain(self) -> str:
         """Where emitted features lie: ``nonnegative`` (sensitivity √2·C) or ``signed`` (2·C)."""
@@ -107,9 +114,7 @@ class ReIDEncoder(EmittedFeature, nn.Module):
         self.bnneck.bias.requires_grad_(feature_domain == "nonnegative")
         nn.init.constant_(self.bnneck.weight, 1.0)
         nn.init.constant_(self.bnneck.bias, 0.0)
-        self.projection = nn.Linear(embedding_dim, projection_dim, bias=False) if projection_dim else None
-        self.split_sign = split_sign
-        self.feature_dim = (projection_dim or embedding_dim) * (2 if split_sign else 1)
+        self._head(projection_dim, split_sign)
 
     def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (pre-BN embedding, post-BN embedding)."""
@@ -159,9 +164,7 @@ class EnsembleEncoder(EmittedFeature, nn.Module):
         self.feature_domain = "signed"
         self.flip_average = False
         self.embedding_dim = sum(m.feature_dim for m in members)
-        self.projection = nn.Linear(self.embedding_dim, projection_dim, bias=False) if projection_dim else None
-        self.split_sign = split_sign
-        self.feature_dim = (projection_dim or self.embedding_dim) * (2 if split_sign else 1)
+        self._head(projection_dim, split_sign)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         parts = []
