@@ -10,7 +10,8 @@ likelihood scorer:
 - ``warm``: later searches with nothing changed (one read of the change-log head, then the cached tracks);
 - ``after_enrolment``: a search after each of ``--write-rounds`` writes of 32 records (reads the log since the last
   search, loads the new rows, prepares the changed tracks only); the first and the median;
-- ``camera_filter``: a record filter (grouped on every call from the cached records);
+- ``camera_filter``: a record filter (grouped on every call from the cached records), and the most memory one such
+  search allocates at once (``tracemalloc``, which sees numpy's buffers);
 - ``cosine``: the same searches without the scorer (a noise-free tenant).
 
 Scores are meaningless (random features); only time is measured. HTTP, the encoder and the JSON answer are not included.
@@ -25,6 +26,7 @@ import json
 import statistics
 import tempfile
 import time
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,10 @@ def main() -> None:
                 expected = records + 32 * args.write_rounds * (1 if used is not None else 2)
                 assert search._entry(1, "track_ref").live == expected  # the new records were read
                 filtered = [timed(search, sessions, q, GroupFilters(camera_ids=["cam-1", "cam-2"]), used) for q in queries[:3]]
+                tracemalloc.start()  # numpy reports its buffers: the most a filtered search holds at once, beyond the cache
+                timed(search, sessions, queries[0], GroupFilters(camera_ids=["cam-1", "cam-2"]), used)
+                filter_peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
                 row[name] = {
                     "cold_ms": round(cold, 1),
                     "warm_median_ms": round(statistics.median(warm), 1),
@@ -136,6 +142,7 @@ def main() -> None:
                     "after_enrolment_ms": round(after[0], 1),
                     "after_enrolment_median_ms": round(statistics.median(after), 1),
                     "camera_filter_median_ms": round(statistics.median(filtered), 1),
+                    "camera_filter_peak_mb": round(filter_peak / 2**20, 1),
                 }
             results.append(row)
             print(row, flush=True)

@@ -103,7 +103,7 @@ class _Scoring:
         self.all_dirty = True  # every code: a new table, or codes renumbered
         self.valid = np.zeros(0, dtype=bool)  # by code, for the first ``count`` codes: the group has records
         self.count = 0
-        self.rows: dict[str, np.ndarray] = {}  # by code (``_group_rows``): likelihood weighted, inverse_variance, offset; cosine centroids
+        self.rows: dict[str, np.ndarray] = {}  # by code (``_GroupSums.rows``): likelihood weighted, inverse_variance, offset; cosine centroids
         self.rows_computed = 0  # groups prepared so far (tests check that unchanged groups are not recomputed)
 
     def refresh(self, records: _Records) -> None:
@@ -132,8 +132,10 @@ class _Scoring:
         positions = records.members_of(todo)
         assert records.features is not None
         group_of = np.repeat(np.arange(todo.size), counts)
-        features, sigmas, scales = records.features[positions], records.sigmas[positions], records.scales[positions]
-        new = _group_rows(features, sigmas, scales, group_of, todo.size, self.scorer, self.split_sign)
+        sums = _GroupSums.of(
+            records.features, positions, group_of, todo.size, records.sigmas[positions], records.scales[positions], self.scorer is not None
+        )
+        new = sums.rows(self.scorer, self.split_sign)
         for name, values in new.items():
             table = self.rows.get(name)
             if table is None:
@@ -150,35 +152,58 @@ class _Scoring:
         return _group_scores({name: rows[: self.count] for name, rows in self.rows.items()}, self.scorer, self.split_sign, query)
 
 
-def _group_rows(
-    features: np.ndarray,
-    sigmas: np.ndarray,
-    scales: np.ndarray,
-    group_of: np.ndarray,
-    groups: int,
-    scorer: TrackScorer | None,
-    split_sign: bool,
-) -> dict[str, np.ndarray]:
-    """Scoring rows of ``groups`` groups, record i in group ``group_of[i]`` (each group has records; a group's records
-    are summed in their given order): with a ``scorer``, its query-free track terms (features and σ first rescaled by
-    ``scales``: the scorer's model is of unit features, so a clipping norm C < 1 is undone), else each group's
-    normalised mean (of the signed features, for split-sign ones)."""
-    from scipy.sparse import csr_matrix
+GATHER_CHUNK = 32_768  # records gathered at a time: summing a large selection never copies all of its features at once
+PREPARE_CHUNK = 4_096  # groups prepared for the scorer at a time (its temporaries are float64 [groups, D] arrays)
 
-    membership = csr_matrix((np.ones(group_of.size), (group_of, np.arange(group_of.size))), shape=(groups, group_of.size))
-    if scorer is not None:
-        sums = np.asarray(membership @ (features / scales[:, None]))
+
+@dataclass(frozen=True)
+class _GroupSums:
+    """What a set of groups' scoring rows are made of: each group's feature sum (features first divided by their
+    ``scales`` when a scorer will read them), record count and the per-coordinate noise variance of its mean."""
+
+    sums: np.ndarray  # [G, D] float64
+    counts: np.ndarray  # [G]
+    noise_var: np.ndarray  # [G]: Σ(σ/scale)²/n² (with a scorer), else unused
+
+    @classmethod
+    def of(
+        cls, features: np.ndarray, rows: np.ndarray, group_of: np.ndarray, groups: int, sigmas: np.ndarray, scales: np.ndarray, rescale: bool
+    ) -> _GroupSums:
+        """Sums of ``features[rows[i]]`` into group ``group_of[i]`` (each group's records in their given order), gathered
+        ``GATHER_CHUNK`` rows at a time; ``sigmas``/``scales`` are those of the selected records."""
+        from scipy.sparse import csr_matrix
+
+        sums = np.zeros((groups, features.shape[1]))
+        for start in range(0, rows.size, GATHER_CHUNK):
+            part = slice(start, start + GATHER_CHUNK)
+            gathered = features[rows[part]].astype(np.float64)
+            if rescale:
+                gathered /= scales[part, None]
+            n = gathered.shape[0]
+            sums += csr_matrix((np.ones(n), (group_of[part], np.arange(n))), shape=(groups, n)) @ gathered
         counts = np.bincount(group_of, minlength=groups).astype(np.float64)
-        prepared = scorer.prepare(sums / counts[:, None], track_noise_variance(sigmas / scales, group_of, groups), dtype=np.float32)
-        return {"weighted": prepared.weighted, "inverse_variance": prepared.inverse_variance, "offset": prepared.offset}
-    sums = np.asarray(membership @ features.astype(np.float64))
-    if split_sign:  # compare the signed features f = f⁺ − f⁻ (the split is for the noise, not for the cosine)
-        sums = signed_features(sums)
-    return {"centroids": sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)}
+        return cls(sums, counts, track_noise_variance(sigmas / scales, group_of, groups) if rescale else np.zeros(groups))
+
+    def rows(self, scorer: TrackScorer | None, split_sign: bool) -> dict[str, np.ndarray]:
+        """The groups' scoring rows: with a ``scorer``, its query-free track terms (features and σ were rescaled by the
+        records' scales: the scorer's model is of unit features, so a clipping norm C < 1 is undone), else each group's
+        normalised mean (of the signed features, for split-sign ones)."""
+        if scorer is not None:  # prepared PREPARE_CHUNK groups at a time: its float64 temporaries stay small
+            groups, dim = self.sums.shape
+            rows: dict[str, np.ndarray] = {"weighted": np.empty((groups, dim), np.float32), "offset": np.empty(groups, np.float32)}
+            rows["inverse_variance"] = np.empty((groups, dim), np.float32)
+            for start in range(0, groups, PREPARE_CHUNK):
+                part = slice(start, start + PREPARE_CHUNK)
+                prepared = scorer.prepare(self.sums[part] / self.counts[part, None], self.noise_var[part], dtype=np.float32)
+                for name in rows:
+                    rows[name][part] = getattr(prepared, name)
+            return rows
+        sums = signed_features(self.sums) if split_sign else self.sums  # compare f = f⁺ − f⁻: the split is for the noise
+        return {"centroids": sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)}
 
 
 def _group_scores(rows: dict[str, np.ndarray], scorer: TrackScorer | None, split_sign: bool, query: np.ndarray) -> np.ndarray:
-    """One score per row of ``_group_rows`` for a clean query (float64)."""
+    """One score per row of ``_GroupSums.rows`` for a clean query (float64)."""
     if scorer is not None:
         return scorer.tracks(rows["weighted"], rows["inverse_variance"], rows["offset"]).scores(query)[0].astype(np.float64)
     if split_sign:
@@ -451,9 +476,10 @@ class GroupSearch:
                 return [], scoring
             selected = _Selection(entry.ids[rows], entry.codes[rows], entry.cameras[rows], entry.times[rows], entry.names)
             assert entry.features is not None
-            features, sigmas, scales = entry.features[rows], entry.sigmas[rows], entry.scales[rows]
-        # filtered: the kept records (copies) are grouped outside the lock
-        grouped = Grouped.of(selected.codes, features, sigmas, scales, used, split_sign)
+            live, group_of = np.unique(selected.codes, return_inverse=True)
+            sums = _GroupSums.of(entry.features, rows, group_of, live.size, entry.sigmas[rows], entry.scales[rows], used is not None)
+        # filtered: the kept groups' sums (not their records' features) are scored outside the lock
+        grouped = Grouped(live, group_of, sums.rows(used, split_sign), used, split_sign)
         top = _top(grouped.live, grouped.scores(query), selected.names, k, filters.min_score)
         hits = []
         for code, score in top:
@@ -516,7 +542,7 @@ class Grouped:
 
     live: np.ndarray  # [G] the codes present (sorted)
     group_of: np.ndarray  # [N] each record's index into ``live``
-    rows: dict[str, np.ndarray]  # ``_group_rows`` of the groups in ``live``
+    rows: dict[str, np.ndarray]  # ``_GroupSums.rows`` of the groups in ``live``
     scorer: TrackScorer | None
     split_sign: bool
 
@@ -526,7 +552,8 @@ class Grouped:
     ) -> Grouped:
         """Group records by their ``codes`` (each group's records summed in their given order)."""
         live, group_of = np.unique(codes, return_inverse=True)
-        return cls(live, group_of, _group_rows(features, sigmas, scales, group_of, live.size, scorer, split_sign), scorer, split_sign)
+        sums = _GroupSums.of(features, np.arange(codes.size), group_of, live.size, sigmas, scales, scorer is not None)
+        return cls(live, group_of, sums.rows(scorer, split_sign), scorer, split_sign)
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """One score per group for a clean query (float64)."""

@@ -403,6 +403,34 @@ def test_incremental_group_rows_equal_a_fresh_grouping_through_appends_drops_and
         assert compactions and renumbered  # both happened along the way
 
 
+def test_group_sums_gathered_in_chunks_equal_one_pass(monkeypatch):
+    """A filtered search sums the kept records' features a chunk at a time (it never copies them all at once), and the
+    scorer prepares groups a chunk at a time: the sums, counts, noise variances and scoring rows equal those of one pass,
+    rows in any order, several chunks."""
+    from app.services import groups
+    from models.evaluation.likelihood import TrackScorer
+
+    rng = np.random.default_rng(2)
+    features = rng.standard_normal((500, 4)).astype(np.float32)
+    rows = rng.choice(500, size=300, replace=False)
+    group_of = rng.integers(0, 40, size=300)
+    sigmas, scales = rng.uniform(0.1, 0.5, 300), rng.uniform(0.5, 1.0, 300)
+    for rescale in (True, False):
+        whole = groups._GroupSums.of(features, rows, group_of, 40, sigmas, scales, rescale)
+        monkeypatch.setattr(groups, "GATHER_CHUNK", 7)
+        chunked = groups._GroupSums.of(features, rows, group_of, 40, sigmas, scales, rescale)
+        monkeypatch.undo()
+        expected = np.zeros((40, 4))
+        np.add.at(expected, group_of, features[rows] / (scales[:, None] if rescale else 1.0))
+        assert np.allclose(chunked.sums, expected) and np.allclose(whole.sums, expected)
+        assert np.array_equal(chunked.counts, np.bincount(group_of, minlength=40)) and np.allclose(chunked.noise_var, whole.noise_var)
+    scorer = TrackScorer(np.full(4, 0.1), 0.15 * np.eye(4), 0.1 * np.eye(4))  # the scorer's rows are prepared in chunks too
+    prepared = scorer.prepare(whole.sums / whole.counts[:, None], whole.noise_var, dtype=np.float32)
+    monkeypatch.setattr(groups, "PREPARE_CHUNK", 3)
+    for name, values in whole.rows(scorer, False).items():
+        assert values.shape == getattr(prepared, name).shape and np.allclose(values, getattr(prepared, name), rtol=1e-6)
+
+
 def test_a_prune_between_reading_the_head_and_the_log_is_noticed(client, monkeypatch):
     """A search reads the head, then the log after its last sync. If a prune commits in between, the log has lost rows:
     the search must notice (pruned_seq re-read) and read the ids instead, or an erased record would stay a hit."""
