@@ -46,9 +46,23 @@ def resolve_admin_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+class PathOnlyAccessLog(logging.Filter):
+    """Uvicorn's access lines without their query strings, which can carry subject and track references, camera ids and
+    capture times (``GET /v1/gallery?subject_ref=…``): the line keeps the method, path and status."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+        return True
+
+
 def create_app(settings: Settings | None = None, *, embedder: Any = None) -> FastAPI:
     """Build the app. ``embedder`` overrides checkpoint loading (tests use a tiny one)."""
     settings = settings or get_settings()
+    access = logging.getLogger("uvicorn.access")  # every worker process builds its app: each gets the filter
+    if not any(isinstance(f, PathOnlyAccessLog) for f in access.filters):
+        access.addFilter(PathOnlyAccessLog())
     MultiPartParser.spool_max_size = settings.max_request_bytes  # keep uploads in memory, never spooled to disk
 
     @contextlib.asynccontextmanager
@@ -95,12 +109,15 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None) -> Fas
     @app.middleware("http")
     async def _timing(request, call_next):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
-        response = await call_next(request)
-        state = getattr(request.app.state, "reid", None)
-        route = request.scope.get("route")
-        if state is not None:
-            path = getattr(route, "path", "unmatched")
-            state.metrics.request_seconds.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - started)
+        status = 500  # an exception passes through here on its way to the 500 handler: counted as one
+        try:
+            response = await call_next(request)
+            status = response.status_code
+        finally:
+            state = getattr(request.app.state, "reid", None)
+            if state is not None:
+                path = getattr(request.scope.get("route"), "path", "unmatched")
+                state.metrics.request_seconds.labels(request.method, path, str(status)).observe(time.perf_counter() - started)
         return response
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)

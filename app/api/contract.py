@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import (
     BadRequest,
+    DatabaseBusy,
     DomainError,
     Forbidden,
     InvalidImage,
@@ -79,6 +80,7 @@ _EXAMPLE_DETAILS: dict[str, Any] = {
     "invalid_input": [{"loc": ["body", "epsilon"], "msg": "Input should be a finite number", "type": "finite_number"}],
     "rate_limited": {"retry_after_ms": 1000},
     "overloaded": {"retry_after_ms": 250},
+    "database_busy": {"retry_after_ms": 1000},
 }
 
 # Sets routes combine.
@@ -86,7 +88,7 @@ TENANT_AUTH: tuple[type[DomainError], ...] = (Unauthorized,)
 ADMIN_AUTH: tuple[type[DomainError], ...] = (Unauthorized, Forbidden)
 LIMITED: tuple[type[DomainError], ...] = (RateLimited,)  # per-key rate limits (integrator routes)
 ENCODER: tuple[type[DomainError], ...] = (Overloaded, ModelMismatch)  # routes that run the encoder on the tenant's gallery
-ALWAYS: tuple[type[DomainError], ...] = (ServiceUnavailable, PayloadTooLarge)  # starting up; any body over the limit
+ALWAYS: tuple[type[DomainError], ...] = (ServiceUnavailable, DatabaseBusy, PayloadTooLarge)  # starting up; no connection; any body over the limit
 PARAMS: tuple[type[DomainError], ...] = (InvalidInput,)
 JSON_BODY: tuple[type[DomainError], ...] = (BadRequest, InvalidInput)
 UPLOAD: tuple[type[DomainError], ...] = (BadRequest, InvalidInput, InvalidImage, UnsupportedMediaType, PayloadTooLarge)

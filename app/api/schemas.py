@@ -140,6 +140,9 @@ class StrictIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+TRACK_BUDGET_PREFIX = "track:"  # the budget key of a track_ref without a subject (``ItemInput.budget_key``)
+
+
 class ItemMetadata(StrictIn):
     """Metadata of one crop in an enrollment (one object per image, in order)."""
 
@@ -147,10 +150,19 @@ class ItemMetadata(StrictIn):
 
     camera_id: Identifier = Field(examples=["cam-07"])
     captured_at: Timestamp = Field(examples=["2026-11-26T08:15:00Z"])
-    subject_ref: Identifier | None = Field(None, description="the person/subject this crop shows, if known")
+    subject_ref: Identifier | None = Field(
+        None, description="the person/subject this crop shows, if known (not starting with `track:`, which names track budgets)"
+    )
     track_ref: Identifier | None = Field(None, description="tracker id; budgets compose per track when no subject is given")
     external_id: Identifier | None = None
     attributes: Attributes | None = None
+
+    @field_validator("subject_ref")
+    @classmethod
+    def _not_a_track_budget(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(TRACK_BUDGET_PREFIX):
+            raise ValueError(f"subject_ref must not start with {TRACK_BUDGET_PREFIX!r}: that names the budget of a track without a subject")
+        return value
 
     @field_validator("captured_at")
     @classmethod

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_query_crops: int = Field(16, ge=1, le=256, description="most crops in one search request (a query track)")
     max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="largest accepted file per crop")
     max_image_pixels: int = Field(4096 * 4096, ge=64, description="largest accepted width x height per crop")
+    max_image_aspect: float = Field(
+        16.0, ge=1.0, description="largest accepted ratio of a crop's longer side to its shorter (a 1-pixel-wide strip is no person crop)"
+    )
     max_request_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="largest accepted request body")
     encode_batch: int = Field(64, ge=1, description="most crops merged into one encoder call (micro-batching)")
     forward_chunk: int | None = Field(

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -131,6 +132,19 @@ class Overloaded(DomainError):
     retryable = True
 
 
+class DatabaseBusy(DomainError):
+    status_code = 503
+    code = "database_busy"
+    description = "every database connection stayed in use; retry after Retry-After seconds"
+    retryable = True
+
+
+class InternalError(DomainError):
+    status_code = 500
+    code = "internal"
+    description = "an unexpected error (a bug): nothing is claimed about the request's effect; the log has the trace"
+
+
 def retry_after_header(seconds: float) -> int:
     """Whole seconds for the Retry-After header (RFC 9110), at least 1."""
     return max(1, math.ceil(seconds))
@@ -165,9 +179,20 @@ def _field_path(loc: Any) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     """Render domain, validation and HTTP errors as ``{"error": {code, message, details}}``."""
 
+    def render(exc: DomainError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+        return render(exc)
+
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _pool_timeout(_: Request, exc: SQLAlchemyTimeoutError) -> JSONResponse:
+        return render(DatabaseBusy("every database connection stayed in use; the request was not served", retry_after_s=1.0))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # the server logs the trace; the body says nothing of it
+        return render(InternalError("unexpected error"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

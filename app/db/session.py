@@ -23,6 +23,7 @@ log = logging.getLogger("reid.db")
 LOCK_TENANT_WRITE = 0x5245_4900  # + tenant id: one writer per tenant gallery
 LOCK_MIGRATE = (0x5245_4901, 0)
 LOCK_RETENTION = (0x5245_4901, 1)
+POOL_TIMEOUT_S = 10  # a request waits at most this long for a connection, then gets 503 database_busy (never a long stall)
 
 
 def is_sqlite(url_or_engine: str | Engine) -> bool:
@@ -42,7 +43,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     if not url.endswith(":memory:"):
-        kwargs.update(pool_size=pool_size, max_overflow=0, pool_timeout=30)
+        kwargs.update(pool_size=pool_size, max_overflow=0, pool_timeout=POOL_TIMEOUT_S)
     engine = create_engine(url, **kwargs)
     if is_sqlite(url):
 

@@ -94,14 +94,19 @@ class EmbeddingService:
             return False
         return (self.pending_crops + count) / max(self._crops_per_s, 1e-3) > self.max_queue_seconds
 
-    async def embed(self, crops: list[torch.Tensor]) -> np.ndarray:
-        count = len(crops)
+    def admit(self, count: int) -> None:
+        """Refuse (``Overloaded``) ``count`` crops the queue cannot take now. Routes call it before decoding, so an
+        overloaded service spends nothing on a request it will refuse; ``embed`` checks again (call on the event loop)."""
         if self.pending_crops and self._full(count):
             raise Overloaded(
                 f"the encoder queue is full ({self.pending_crops} crops waiting, about {self.retry_after_s():.1f} s of work); "
                 "retry after the delay given",
                 retry_after_s=self.retry_after_s(),
             )
+
+    async def embed(self, crops: list[torch.Tensor]) -> np.ndarray:
+        count = len(crops)
+        self.admit(count)
         self.pending_crops += count
         try:
             return await self._embed(crops)

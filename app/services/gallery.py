@@ -20,7 +20,7 @@ import torch
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session, defer, sessionmaker
 
-from app.core.errors import Conflict, ModelMismatch, PrivacyBudgetExceeded
+from app.core.errors import Conflict, ModelMismatch, PrivacyBudgetExceeded, Unauthorized
 from app.db.session import LOCK_RETENTION, TenantWriteLocks, run_once_lock
 from app.db.tables import GalleryChange, GalleryHead, GalleryItem, PrivacyPolicyRow, ServiceJob, SubjectBudget, Tenant
 from app.index.faiss_store import IndexRegistry, TenantIndex
@@ -51,7 +51,7 @@ class ItemInput:
         if self.subject_ref:
             return self.subject_ref
         if self.track_ref:
-            return f"track:{self.track_ref}"
+            return f"track:{self.track_ref}"  # subject refs may not start with "track:" (app.api.schemas.TRACK_BUDGET_PREFIX)
         return None
 
 
@@ -97,6 +97,8 @@ class EncoderIdentity:
 
 def load_policy(session: Session, tenant_id: int, domain: str = "signed") -> TenantPolicy:
     row = session.get(PrivacyPolicyRow, tenant_id)
+    if row is None and session.get(Tenant, tenant_id) is None:  # deleted while the request was in flight
+        raise Unauthorized("this API key's tenant has been deleted; nothing was stored")
     if row is None:
         raise Conflict(
             f"this tenant has no privacy policy yet: an operator must set one (PUT /v1/admin/tenants/{tenant_id}/privacy); nothing was stored"

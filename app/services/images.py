@@ -113,13 +113,14 @@ def decode_jpeg_torch(data: bytes, size: tuple[int, int], *, device: str) -> tor
 class ImageLimits:
     max_bytes: int
     max_pixels: int
+    max_aspect: float = 16.0  # longer side / shorter side: resizing a 1 x 16M-pixel strip took 21 s and 6 GB
 
 
 def decode_crop(data: bytes, *, name: str, content_type: str | None, limits: ImageLimits, size: tuple[int, int], decode: str = "cpu") -> torch.Tensor:
     """Validate and decode one crop to uint8 ``[3, H, W]`` (on the CPU) at the encoder's input ``size``.
 
     Raises a 4xx domain error naming ``name`` for empty, oversized, undecodable,
-    disallowed or over-large (decompression-bomb) images. ``decode="cuda"``: a JPEG whose header
+    disallowed, over-large (decompression-bomb) or absurdly elongated images. ``decode="cuda"``: a JPEG whose header
     passed the same checks (and that needs no EXIF rotation) is decoded and resized on the GPU
     (``torchvision.io.decode_jpeg``, nvJPEG) when CUDA is available; everything else on the CPU.
     """
@@ -141,6 +142,11 @@ def decode_crop(data: bytes, *, name: str, content_type: str | None, limits: Ima
                 width, height = img.size
                 if width * height > limits.max_pixels:
                     raise PayloadTooLarge(f"{name}: {width}x{height} pixels exceeds the {limits.max_pixels}-pixel limit", details={"item": name})
+                if max(width, height) > limits.max_aspect * min(width, height):
+                    raise InvalidImage(
+                        f"{name}: {width}x{height} pixels is no person crop: its sides differ by more than {limits.max_aspect:g}:1",
+                        details={"item": name},
+                    )
                 if decode == "cuda" and img.format == "JPEG" and img.getexif().get(EXIF_ORIENTATION, 1) == 1 and cuda_decode_available():
                     return decode_jpeg_torch(data, size, device="cuda")
                 if img.format == "JPEG" and img.mode in TURBO_MODES and img.getexif().get(EXIF_ORIENTATION, 1) == 1:

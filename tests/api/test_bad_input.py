@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from tests.api.helpers import count, enroll, make_tenant, meta
+from tests.api.helpers import count, enroll, make_tenant, meta, search
 from tests.conftest import jpeg_bytes
 
 
@@ -45,8 +45,10 @@ def post_files(client, key, files, metadata=None):
         (("bomb.png", png_header_bomb(), "image/png"), 413, "payload_too_large"),
         (("crop.jpg", jpeg_bytes(3), "text/plain"), 415, "unsupported_media_type"),
         (("crop.gif", b"GIF89a" + b"\x01\x00\x01\x00\x00\x00\x00;", "image/gif"), 415, "unsupported_media_type"),
+        (("strip.png", png_header_bomb(1, 4_000_000), "image/png"), 422, "invalid_image"),  # within the pixel limit; 5 s and 1.3 GB to resize
+        (("band.png", png_header_bomb(20_000, 10), "image/png"), 422, "invalid_image"),
     ],
-    ids=["corrupt", "zero-byte", "text-as-jpg", "png-bomb", "wrong-content-type", "gif"],
+    ids=["corrupt", "zero-byte", "text-as-jpg", "png-bomb", "wrong-content-type", "gif", "tall-strip", "wide-band"],
 )
 def test_bad_images_rejected_and_nothing_stored(client, tenant, upload, status, code):
     before = count(client, tenant)
@@ -96,7 +98,16 @@ def test_missing_fields(client, tenant):
         "/v1/gallery", files=[("images", ("a.jpg", jpeg_bytes(1), "image/jpeg"))], data={"metadata": "{oops"}, headers={"X-API-Key": tenant}
     )
     assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]["message"]
+    reserved = post_files(client, tenant, [("a.jpg", jpeg_bytes(1), "image/jpeg")], [meta(subject_ref="track:t-1")])
+    assert reserved.status_code == 422 and "must not start with 'track:'" in str(reserved.json()["error"]["details"])  # a track's budget key
     assert count(client, tenant) == before
+
+
+def test_a_camera_filter_naming_no_camera_is_refused(client, tenant):
+    """``camera_ids=",,,"`` is an error, not a filter that keeps nothing (and not "no filter")."""
+    empty = search(client, tenant, 1, camera_ids=",, ,")
+    assert empty.status_code == 422 and "camera_ids names no camera" in empty.json()["error"]["message"]
+    assert search(client, tenant, 1, camera_ids="").status_code == 200  # an empty field is a field left out
 
 
 @pytest.mark.parametrize("k", [0, 10**6, -1])
@@ -144,3 +155,11 @@ def test_exif_orientation_and_png_and_webp_accepted(client, tenant):
     Image.new("RGB", (128, 64), (10, 200, 10)).save(rotated, format="JPEG", exif=exif)
     crops.append(("r.jpg", rotated.getvalue(), "image/jpeg"))
     assert post_files(client, tenant, crops).status_code == 201
+
+
+def test_two_different_keys_in_one_request_are_refused(client, tenant):
+    """X-API-Key and Authorization: Bearer naming different keys: which tenant is meant is unclear, so neither is used."""
+    _, other = make_tenant(client, "other-tenant")
+    both = client.get("/v1/gallery", headers={"X-API-Key": tenant, "Authorization": f"Bearer {other}"})
+    assert both.status_code == 401 and "two different API keys" in both.json()["error"]["message"]
+    assert client.get("/v1/gallery", headers={"X-API-Key": tenant, "Authorization": f"Bearer {tenant}"}).status_code == 200

@@ -66,14 +66,55 @@ def test_forty_clients_mixing_enrollments_and_searches_get_no_errors(settings, t
     assert info["gallery_size"] == info["index_size"] == len(acknowledged) == len(set(acknowledged))
 
 
-def test_full_encoder_queue_answers_503_with_retry_after(client):
+def test_a_burst_of_listings_never_holds_every_connection(settings, tiny_embedder):
+    """A route's session closes when the route function returns, before the response is validated and sent. Held until
+    after (a worker thread is needed to validate), 60 listings at once with 2 worker threads and 6 connections locked
+    the pool: finished requests held every connection while waiting for a thread, and the threads waited for a
+    connection until the pool timed out (500, then 503). Now every request gets its 200."""
+    from app.main import create_app
+    from tests.api.fuzzing import serve
+
+    settings = settings.model_copy(update={"worker_threads": 2, "rate_requests_per_second": 0})
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    with serve(create_app(settings, embedder=tiny_embedder)) as base:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            tenant = http.post("/v1/admin/tenants", json={"name": "lists"}, headers=ADMIN).json()["id"]
+            key = http.post(f"/v1/admin/tenants/{tenant}/keys", json={}, headers=ADMIN).json()["api_key"]
+        barrier = threading.Barrier(60)
+
+        def lister(n: int) -> None:
+            with httpx.Client(base_url=base, timeout=60) as http:
+                barrier.wait()
+                for _ in range(3):
+                    response = http.get("/v1/gallery?limit=1", headers={"X-API-Key": key}) if n % 2 else http.get("/v1/admin/tenants", headers=ADMIN)
+                    with lock:
+                        statuses[response.status_code] += 1
+
+        threads = [threading.Thread(target=lister, args=(n,)) for n in range(60)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert statuses == Counter({200: 180}), statuses
+
+
+def test_full_encoder_queue_answers_503_with_retry_after(client, monkeypatch):
+    """A full queue refuses searches and enrolments at once, before any crop is decoded."""
+    from app.api.routes import gallery
+
     _, key = make_tenant(client, "queue")
     embedding = client.app.state.reid.embedding
+    decoded: list[str] = []
+    real_decode = gallery.decode_crop
+    monkeypatch.setattr(gallery, "decode_crop", lambda *a, **kw: decoded.append("crop") or real_decode(*a, **kw))
     embedding.max_queue_crops, embedding.pending_crops = 4, 4  # as if 4 crops were waiting
     try:
         response = search(client, key, 1)
+        refused_enrolment = enroll(client, key, [2, 3])
     finally:
         embedding.pending_crops = 0
+    assert refused_enrolment.status_code == 503 and "Retry-After" in refused_enrolment.headers and not decoded
     assert response.status_code == 503 and response.json()["error"]["code"] == "overloaded"
     assert int(response.headers["Retry-After"]) >= 1 and response.json()["error"]["details"]["retry_after_ms"] > 0
     assert search(client, key, 1).status_code == 200

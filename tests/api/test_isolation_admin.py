@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.api.helpers import ADMIN, count, enroll, make_tenant, search
 
 
@@ -88,3 +90,68 @@ def test_settings_refuse_a_no_noise_default():
 
     with pytest.raises(ValidationError):
         Settings(default_epsilon=float("inf"))
+
+
+def test_logs_carry_no_keys_references_or_image_bytes(settings, tiny_embedder):
+    """With uvicorn's access log on (as `reid-gallery serve` runs), an enrolment, a search and filtered listings leave
+    no API or admin key, no subject or track reference, no camera id from a query string and no image bytes in any log
+    line; the access lines keep method, path and status."""
+    import logging
+
+    import httpx
+
+    from app.main import create_app
+    from tests.api.fuzzing import serve
+    from tests.api.helpers import ADMIN, meta
+    from tests.conftest import jpeg_bytes
+
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    capture = Capture(level=logging.DEBUG)
+    root = logging.getLogger()
+    with serve(create_app(settings, embedder=tiny_embedder), access_log=True) as base:
+        loggers = [root, logging.getLogger("uvicorn.access"), logging.getLogger("uvicorn.error")]
+        for logger in loggers:
+            logger.addHandler(capture)
+        try:
+            with httpx.Client(base_url=base, timeout=60) as http:
+                tenant = http.post("/v1/admin/tenants", json={"name": "quiet"}, headers=ADMIN).json()["id"]
+                http.put(f"/v1/admin/tenants/{tenant}/privacy", json={"epsilon": 64, "delta": 1e-5}, headers=ADMIN).raise_for_status()
+                key = http.post(f"/v1/admin/tenants/{tenant}/keys", json={}, headers=ADMIN).json()["api_key"]
+                crop = jpeg_bytes(5)
+                metadata = json.dumps([meta("cam-secret-9", subject_ref="person-secret-1", track_ref="track-secret-2")])
+                files = [("images", ("c.jpg", crop, "image/jpeg"))]
+                assert http.post("/v1/gallery", files=files, data={"metadata": metadata}, headers={"X-API-Key": key}).status_code == 201
+                query = {"image": ("q.jpg", crop, "image/jpeg")}
+                assert http.post("/v1/search", files=query, data={"k": "3", "group_by": "track_ref"}, headers={"X-API-Key": key}).status_code == 200
+                for params in ("subject_ref=person-secret-1", "track_ref=track-secret-2", "camera_id=cam-secret-9"):
+                    assert http.get(f"/v1/gallery?{params}", headers={"X-API-Key": key}).status_code == 200
+                assert http.get("/v1/gallery", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        finally:
+            for logger in loggers:
+                logger.removeHandler(capture)
+    text = "\n".join(lines)
+    assert 'GET /v1/gallery HTTP/1.1" 200' in text  # the access log is on and keeps the path
+    for secret in ("person-secret-1", "track-secret-2", "cam-secret-9", key, key.split("_", 2)[-1], ADMIN["X-Admin-Key"]):
+        assert secret not in text, secret
+    assert crop[100:140].hex() not in text and str(crop[100:140])[2:-1] not in text
+
+
+def test_a_request_whose_tenant_is_deleted_in_flight_hears_so(client):
+    """An enrolment authenticated just before its tenant was deleted reaches the policy check with no tenant left: it
+    is told the tenant is gone (401), not that an operator must set a policy (409)."""
+    import pytest
+
+    from app.core.errors import Conflict, Unauthorized
+    from app.services.gallery import load_policy
+
+    tenant = client.post("/v1/admin/tenants", json={"name": "no-policy-yet"}, headers=ADMIN).json()["id"]
+    with client.app.state.reid.sessions() as session, pytest.raises(Conflict, match="no privacy policy yet"):
+        load_policy(session, tenant)
+    assert client.delete(f"/v1/admin/tenants/{tenant}", headers=ADMIN).status_code in (200, 204)
+    with client.app.state.reid.sessions() as session, pytest.raises(Unauthorized, match="tenant has been deleted"):
+        load_policy(session, tenant)

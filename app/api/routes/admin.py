@@ -6,14 +6,14 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.contract import ADMIN_AUTH, JSON_BODY, PARAMS, errors
-from app.api.deps import AdminDep, SessionDep, get_state
+from app.api.deps import AdminDep, SessionDep, SessionReleasingRouter, get_state
 from app.api.schemas import (
     DIGITS,
     INT64_MAX,
@@ -41,7 +41,7 @@ from app.services.calibration import expected_utility
 from models.privacy import gaussian_sigma
 from models.privacy.mechanism import sensitivity_for
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = SessionReleasingRouter(prefix="/v1/admin", tags=["admin"])  # sync routes close their session when they return
 
 TenantId = Annotated[int, Path(ge=1, le=INT64_MAX, description="tenant id", examples=[3]), DIGITS]
 KeyId = Annotated[int, Path(ge=1, le=INT64_MAX, description="API key id", examples=[7]), DIGITS]

@@ -8,14 +8,14 @@ import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
+from fastapi import File, Form, Path, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import defer
 
 from app.api.contract import ENCODER, JSON_BODY, LIMITED, PARAMS, TENANT_AUTH, UPLOAD, errors
-from app.api.deps import SessionDep, TenantDep, get_state
+from app.api.deps import SessionDep, SessionReleasingRouter, TenantDep, get_state
 from app.api.schemas import (
     DIGITS,
     IDENTIFIER_SCHEMA,
@@ -49,7 +49,7 @@ from app.services.images import ImageLimits, decode_crop
 if TYPE_CHECKING:
     import torch
 
-router = APIRouter(prefix="/v1", tags=["gallery"])
+router = SessionReleasingRouter(prefix="/v1", tags=["gallery"])  # sync routes close their session when they return
 METADATA_EXAMPLE = '[{"camera_id": "cam-1", "captured_at": "2026-11-26T08:00:00Z", "subject_ref": "track-17"}]'
 K_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 100}
 TIMESTAMP_SCHEMA = {"type": "string", "format": "date-time"}
@@ -84,9 +84,19 @@ def _parse_metadata(raw: str, count: int) -> list[ItemMetadata]:
     return parsed
 
 
+def _camera_ids(field: str | None) -> list[str] | None:
+    """The comma-separated ``camera_ids`` filter; given but naming no camera is an error, not "no camera"."""
+    if field is None or not field.strip():
+        return None
+    ids = [c.strip() for c in field.split(",") if c.strip()]
+    if not ids:
+        raise InvalidInput(f"camera_ids names no camera ({field!r}): give comma-separated camera ids, or leave it out")
+    return ids
+
+
 async def _decode_all(request: Request, files: list[UploadFile]) -> list[torch.Tensor]:
     state = get_state(request)
-    limits = ImageLimits(max_bytes=state.settings.max_image_bytes, max_pixels=state.settings.max_image_pixels)
+    limits = ImageLimits(state.settings.max_image_bytes, state.settings.max_image_pixels, state.settings.max_image_aspect)
     size = state.embedding.input_size
     decode_on = state.settings.image_decode
     payloads = [(await f.read(), f.filename or f"image[{i}]", f.content_type) for i, f in enumerate(files)]
@@ -130,6 +140,7 @@ async def enroll(
     if len(images) > state.settings.max_batch:
         raise PayloadTooLarge(f"{len(images)} images exceeds the batch limit of {state.settings.max_batch}")
     state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, len(images))
+    state.embedding.admit(len(images))  # an overloaded encoder refuses before anything is read or decoded
     items_meta = _parse_metadata(metadata, len(images))
     items = [ItemInput(**m.model_dump()) for m in items_meta]
     # Policy, encoder and budgets before the encoder pass: a refused request costs no encoding.
@@ -211,6 +222,7 @@ async def search(
     if len(image) > state.settings.max_query_crops:
         raise PayloadTooLarge(f"{len(image)} query images exceeds the query-track limit of {state.settings.max_query_crops}")
     state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, len(image))
+    state.embedding.admit(len(image))  # an overloaded encoder refuses before anything is decoded
     state.gallery.check_encoder(tenant.tenant_id)  # before the encoder pass
     crops = await _decode_all(request, image)
     started = time.perf_counter()
@@ -218,7 +230,7 @@ async def search(
     state.metrics.embed_seconds.labels("search").observe(time.perf_counter() - started)
     state.metrics.images_embedded.labels("search").inc(len(crops))
     filters = SearchFilters(
-        camera_ids=[c.strip() for c in camera_ids.split(",") if c.strip()] if camera_ids else None,
+        camera_ids=_camera_ids(camera_ids),
         captured_from=captured_from,
         captured_to=captured_to,
         min_score=min_score,
