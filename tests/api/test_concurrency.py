@@ -242,3 +242,23 @@ def test_serve_refuses_several_workers_on_sqlite(workers, tmp_path, monkeypatch)
     finally:
         get_settings.cache_clear()
     assert exit_.value.code == 2
+
+
+def test_an_unexpected_error_is_a_counted_500_in_the_envelope(settings, tiny_embedder, monkeypatch):
+    """A bug surfaces as 500 ``internal`` in the error envelope (no trace in the body) and is counted in the metrics."""
+    from fastapi.testclient import TestClient
+
+    from app.api.schemas import ItemOut
+    from app.main import create_app
+
+    def broken(row):
+        raise RuntimeError("secret detail of a bug")
+
+    with TestClient(create_app(settings, embedder=tiny_embedder), raise_server_exceptions=False) as client:
+        _, key = make_tenant(client, "buggy")
+        item = enroll(client, key, [1]).json()["ids"][0]
+        monkeypatch.setattr(ItemOut, "of", staticmethod(broken))
+        response = client.get(f"/v1/gallery/{item}", headers={"X-API-Key": key})
+        metrics = client.get("/metrics", headers=ADMIN).text
+    assert response.status_code == 500 and response.json()["error"]["code"] == "internal" and "secret" not in response.text
+    assert 'reid_http_request_seconds_count{method="GET",route="/v1/gallery/{item_id:int}",status="500"} 1.0' in metrics
