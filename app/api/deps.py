@@ -86,10 +86,7 @@ def tenant_from_key(
     Authenticated in a short session of its own, closed before the route's work starts (an enrollment must not hold a
     connection across its encoder pass); then the key's request rate is counted (429 past its limit)."""
     state = get_state(request)
-    bearer = bearer_token(authorization)
-    if x_api_key is not None and bearer is not None and not hmac.compare_digest(x_api_key.encode(), bearer.encode()):
-        raise Unauthorized("two different API keys (X-API-Key and Authorization: Bearer): send one")
-    key = x_api_key if x_api_key is not None else bearer
+    key = x_api_key if x_api_key is not None else bearer_token(authorization)  # X-API-Key wins (a gateway may add its own Bearer)
     if not key:
         raise Unauthorized("missing API key: send X-API-Key or Authorization: Bearer")
     parts = split_api_key(key)

@@ -135,7 +135,10 @@ class Overloaded(DomainError):
 class DatabaseBusy(DomainError):
     status_code = 503
     code = "database_busy"
-    description = "every database connection stayed in use; retry after Retry-After seconds"
+    description = (
+        "no database connection came free in time; a read can be retried after Retry-After seconds, a write may have "
+        "taken effect (check before sending it again)"
+    )
     retryable = True
 
 
@@ -188,7 +191,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SQLAlchemyTimeoutError)
     async def _pool_timeout(_: Request, exc: SQLAlchemyTimeoutError) -> JSONResponse:
-        return render(DatabaseBusy("every database connection stayed in use; the request was not served", retry_after_s=1.0))
+        return render(
+            DatabaseBusy("no database connection came free in time; a write may or may not have taken effect", retry_after_s=1.0)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # the server logs the trace; the body says nothing of it

@@ -36,7 +36,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
     For SQLite: WAL journal, synchronous=FULL, foreign keys on.
     """
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}  # error traces never carry bound values (refs)
     if is_sqlite(url):
         db_path = url.split("///", 1)[-1]
         if db_path and db_path != ":memory:":

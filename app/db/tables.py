@@ -126,7 +126,7 @@ class SubjectBudget(Base):
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    subject_ref: Mapped[str] = mapped_column(String(200))
+    subject_ref: Mapped[str] = mapped_column(String(206))  # a subject_ref, or "track:" + a track_ref (both up to 200)
     mu_squared: Mapped[float] = mapped_column(Float, default=0.0)
     releases: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)

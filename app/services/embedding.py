@@ -96,7 +96,7 @@ class EmbeddingService:
 
     def admit(self, count: int) -> None:
         """Refuse (``Overloaded``) ``count`` crops the queue cannot take now. Routes call it before decoding, so an
-        overloaded service spends nothing on a request it will refuse; ``embed`` checks again (call on the event loop)."""
+        overloaded service decodes nothing for a request it will refuse; ``embed`` checks again (call on the event loop)."""
         if self.pending_crops and self._full(count):
             raise Overloaded(
                 f"the encoder queue is full ({self.pending_crops} crops waiting, about {self.retry_after_s():.1f} s of work); "

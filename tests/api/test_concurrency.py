@@ -81,7 +81,7 @@ def test_a_burst_of_listings_never_holds_every_connection(settings, tiny_embedde
         with httpx.Client(base_url=base, timeout=60) as http:
             tenant = http.post("/v1/admin/tenants", json={"name": "lists"}, headers=ADMIN).json()["id"]
             key = http.post(f"/v1/admin/tenants/{tenant}/keys", json={}, headers=ADMIN).json()["api_key"]
-        barrier = threading.Barrier(60)
+        barrier = threading.Barrier(60, timeout=120)
 
         def lister(n: int) -> None:
             with httpx.Client(base_url=base, timeout=60) as http:

@@ -122,3 +122,12 @@ def test_microbatching_merges_concurrent_requests_and_returns_each_its_own_featu
     results = asyncio.run(scenario())
     for got, want in zip(results, expected, strict=True):
         assert got.shape == (1, 64) and np.allclose(got[0], want, atol=1e-5)
+
+
+def test_a_long_track_ref_without_a_subject_is_budgeted(client):
+    """A crop without a subject is budgeted under "track:" + its track_ref: 206 characters for a 200-character reference,
+    which the budget table must hold on every backend (PostgreSQL refused 201+ characters: a 500)."""
+    _, key = make_tenant(client, "long-tracks", epsilon=8.0, subject_epsilon=64.0)
+    track = "t" * 200
+    response = enroll(client, key, [1, 2], [meta(track_ref=track), meta(track_ref=track)])
+    assert response.status_code == 201, response.text

@@ -415,7 +415,7 @@ def test_group_sums_gathered_in_chunks_equal_one_pass(monkeypatch):
     rows = rng.choice(500, size=300, replace=False)
     group_of = rng.integers(0, 40, size=300)
     sigmas, scales = rng.uniform(0.1, 0.5, 300), rng.uniform(0.5, 1.0, 300)
-    for rescale in (True, False):
+    for rescale in (False, True):  # the last (rescaled, with noise) is prepared below
         whole = groups._GroupSums.of(features, rows, group_of, 40, sigmas, scales, rescale)
         monkeypatch.setattr(groups, "GATHER_CHUNK", 7)
         chunked = groups._GroupSums.of(features, rows, group_of, 40, sigmas, scales, rescale)
@@ -425,6 +425,7 @@ def test_group_sums_gathered_in_chunks_equal_one_pass(monkeypatch):
         assert np.allclose(chunked.sums, expected) and np.allclose(whole.sums, expected)
         assert np.array_equal(chunked.counts, np.bincount(group_of, minlength=40)) and np.allclose(chunked.noise_var, whole.noise_var)
     scorer = TrackScorer(np.full(4, 0.1), 0.15 * np.eye(4), 0.1 * np.eye(4))  # the scorer's rows are prepared in chunks too
+    assert len(np.unique(whole.noise_var)) > 1  # several noise levels
     prepared = scorer.prepare(whole.sums / whole.counts[:, None], whole.noise_var, dtype=np.float32)
     monkeypatch.setattr(groups, "PREPARE_CHUNK", 3)
     for name, values in whole.rows(scorer, False).items():

@@ -155,3 +155,16 @@ def test_a_request_whose_tenant_is_deleted_in_flight_hears_so(client):
     assert client.delete(f"/v1/admin/tenants/{tenant}", headers=ADMIN).status_code in (200, 204)
     with client.app.state.reid.sessions() as session, pytest.raises(Unauthorized, match="tenant has been deleted"):
         load_policy(session, tenant)
+
+
+def test_sql_errors_never_carry_bound_values(client):
+    """A failing statement's message (what a 500's trace logs) says the parameters are hidden instead of printing them:
+    they can be subject or track references."""
+    import pytest
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    with client.app.state.reid.engine.connect() as connection:
+        with pytest.raises(DBAPIError) as failure:
+            connection.execute(text("SELECT * FROM no_such_table WHERE ref = :ref"), {"ref": "person-secret-7"})
+    assert "person-secret-7" not in str(failure.value) and "hidden" in str(failure.value)

@@ -86,7 +86,7 @@ def _parse_metadata(raw: str, count: int) -> list[ItemMetadata]:
 
 def _camera_ids(field: str | None) -> list[str] | None:
     """The comma-separated ``camera_ids`` filter; given but naming no camera is an error, not "no camera"."""
-    if field is None or not field.strip():
+    if field is None or field == "":
         return None
     ids = [c.strip() for c in field.split(",") if c.strip()]
     if not ids:
@@ -140,7 +140,7 @@ async def enroll(
     if len(images) > state.settings.max_batch:
         raise PayloadTooLarge(f"{len(images)} images exceeds the batch limit of {state.settings.max_batch}")
     state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, len(images))
-    state.embedding.admit(len(images))  # an overloaded encoder refuses before anything is read or decoded
+    state.embedding.admit(len(images))  # an overloaded encoder refuses before anything is decoded
     items_meta = _parse_metadata(metadata, len(images))
     items = [ItemInput(**m.model_dump()) for m in items_meta]
     # Policy, encoder and budgets before the encoder pass: a refused request costs no encoding.
@@ -221,6 +221,7 @@ async def search(
     k = k if k is not None else 10
     if len(image) > state.settings.max_query_crops:
         raise PayloadTooLarge(f"{len(image)} query images exceeds the query-track limit of {state.settings.max_query_crops}")
+    cameras = _camera_ids(camera_ids)  # every check of the request before its crops cost anything
     state.rate_limiter.crops(tenant.key_id, tenant.crops_per_second, len(image))
     state.embedding.admit(len(image))  # an overloaded encoder refuses before anything is decoded
     state.gallery.check_encoder(tenant.tenant_id)  # before the encoder pass
@@ -230,7 +231,7 @@ async def search(
     state.metrics.embed_seconds.labels("search").observe(time.perf_counter() - started)
     state.metrics.images_embedded.labels("search").inc(len(crops))
     filters = SearchFilters(
-        camera_ids=_camera_ids(camera_ids),
+        camera_ids=cameras,
         captured_from=captured_from,
         captured_to=captured_to,
         min_score=min_score,
