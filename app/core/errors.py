@@ -191,9 +191,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SQLAlchemyTimeoutError)
     async def _pool_timeout(_: Request, exc: SQLAlchemyTimeoutError) -> JSONResponse:
-        return render(
-            DatabaseBusy("no database connection came free in time; a write may or may not have taken effect", retry_after_s=1.0)
-        )
+        return render(DatabaseBusy("no database connection came free in time; a write may or may not have taken effect", retry_after_s=1.0))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # the server logs the trace; the body says nothing of it

@@ -164,7 +164,6 @@ def test_sql_errors_never_carry_bound_values(client):
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    with client.app.state.reid.engine.connect() as connection:
-        with pytest.raises(DBAPIError) as failure:
-            connection.execute(text("SELECT * FROM no_such_table WHERE ref = :ref"), {"ref": "person-secret-7"})
+    with client.app.state.reid.engine.connect() as connection, pytest.raises(DBAPIError) as failure:
+        connection.execute(text("SELECT * FROM no_such_table WHERE ref = :ref"), {"ref": "person-secret-7"})
     assert "person-secret-7" not in str(failure.value) and "hidden" in str(failure.value)
