@@ -65,9 +65,12 @@ def features(cache: Path, data: Path) -> None:
 class Cache:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.arrays: dict[str, np.ndarray] = {}  # every variant reads the same files: each is read once
 
     def load(self, name: str) -> np.ndarray:
-        return np.load(self.root / f"{name}.npy")
+        if name not in self.arrays:
+            self.arrays[name] = np.load(self.root / f"{name}.npy")
+        return self.arrays[name]
 
     def concat(self, split: str, resize: str = "bil", flip: bool = False) -> np.ndarray:
         suffix = "_f" if flip else ""
@@ -78,14 +81,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _split(f: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.maximum(f, 0), np.maximum(-f, 0)], 1)
-
-
 def evaluate(cache: Cache, head: np.ndarray, resize: str = "bil", flip: bool = False, tracks: bool = True) -> dict[str, float]:
     """Clean rank-1/mAP of the signed head output, and track mAP at ε = 32 (3 draws) with the scorer refitted."""
     from models.evaluation import cosine_distance, evaluate_rankings
-    from models.evaluation.likelihood import TrackScorer
+    from models.evaluation.likelihood import TrackScorer, split_signs
     from models.evaluation.tracks import evaluate_tracks
     from models.privacy.curve import release
 
@@ -98,11 +97,11 @@ def evaluate(cache: Cache, head: np.ndarray, resize: str = "bil", flip: bool = F
     clean = evaluate_rankings(cosine_distance(query, gallery), *labels)
     result = {"rank1": 100 * clean["rank1"], "mAP": 100 * clean["mAP"]}
     if tracks:
-        scorer = TrackScorer.fit(_split(signed("train")), cache.load("pid_train"))
+        scorer = TrackScorer.fit(split_signs(signed("train")), cache.load("pid_train"))
         draws = []
         for seed in range(3):
-            noisy, sigma = release(_split(gallery).astype(np.float32), 32.0, 1e-5, seed, "nonnegative")
-            draws.append(100 * evaluate_tracks(_split(query), noisy, *labels, scorer=scorer, sigma=sigma)["mAP"])
+            noisy, sigma = release(split_signs(gallery).astype(np.float32), 32.0, 1e-5, seed, "nonnegative")
+            draws.append(100 * evaluate_tracks(split_signs(query), noisy, *labels, scorer=scorer, sigma=sigma)["mAP"])
         result |= {"track_mAP_eps32": float(np.mean(draws)), "track_mAP_eps32_sd": float(np.std(draws))}
     return result
 
@@ -146,13 +145,13 @@ def noise_aware_head(cache: Cache, start: np.ndarray, steps: int, sigma: float =
 def query_expansion(cache: Cache, head: np.ndarray, top: int, weight: float) -> float:
     """Track mAP at ε = 32 (2 draws) when each query's z-scored likelihood ratios gain ``weight`` times the mean z-scored
     score of its top ``top`` tracks to every other track (noisy against noisy)."""
-    from models.evaluation.likelihood import TrackScorer, track_noise_variance
+    from models.evaluation.likelihood import TrackScorer, split_signs, track_noise_variance
     from models.evaluation.ranking import evaluate_rankings
     from models.evaluation.tracks import group_tracks
     from models.privacy.curve import release
 
     def emitted(split: str) -> np.ndarray:
-        return _split(_unit(cache.concat(split) @ head))
+        return split_signs(_unit(cache.concat(split) @ head))
 
     scorer = TrackScorer.fit(emitted("train"), cache.load("pid_train"))
     query, gallery = emitted("query"), emitted("gallery")

@@ -32,13 +32,9 @@ import torch
 from models.checkpoint import load_encoder
 from models.cli.eval import extract
 from models.data import read_market_split
-from models.evaluation.likelihood import TrackScorer, signed_features
+from models.evaluation.likelihood import TrackScorer, signed_features, split_signs
 from models.evaluation.tracks import evaluate_tracks
 from models.privacy.mechanism import GaussianMechanism, PrivacyPolicy
-
-
-def split_sign(features: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.maximum(features, 0), np.maximum(-features, 0)], axis=1)
 
 
 def oracle_rows(args: argparse.Namespace, split: Any, labels: tuple[np.ndarray, ...]) -> list[dict[str, Any]]:
@@ -51,7 +47,7 @@ def oracle_rows(args: argparse.Namespace, split: Any, labels: tuple[np.ndarray, 
 
     def head(x: np.ndarray) -> np.ndarray:
         z = x @ weights
-        return split_sign(z / np.linalg.norm(z, axis=1, keepdims=True))
+        return split_signs(z / np.linalg.norm(z, axis=1, keepdims=True))
 
     q, g = head(query), head(gallery)
     scorer = TrackScorer.fit(np.concatenate([q, g]), np.concatenate([labels[0], labels[1]]))
@@ -94,7 +90,7 @@ def main() -> None:
         np.array([s.camid for s in split.gallery]),
     )
     train_pids = np.array([s.pid for s in split.train])
-    forms = {"signed": (lambda x: x, "signed"), "split-sign": (split_sign, "nonnegative")}
+    forms = {"signed": (lambda x: x, "signed"), "split-sign": (split_signs, "nonnegative")}
     scorers = {name: TrackScorer.fit(encode(train), train_pids) for name, (encode, _) in forms.items()}
     rows = []
     for epsilon in args.epsilons:

@@ -150,6 +150,11 @@ def signed_features(features: np.ndarray) -> np.ndarray:
     return features[..., :half] - features[..., half:]
 
 
+def split_signs(features: np.ndarray) -> np.ndarray:
+    """``[relu(f), relu(−f)]`` of signed features ``f`` (what a split-sign encoder emits; ``signed_features`` undoes it)."""
+    return np.concatenate([np.maximum(features, 0), np.maximum(-features, 0)], axis=-1)
+
+
 def track_noise_variance(sigmas: np.ndarray, track_index: np.ndarray, num_tracks: int) -> np.ndarray:
     """Per-coordinate noise variance of each track's plain mean: Σσᵢ²/n² over its records."""
     sigmas = np.asarray(sigmas, dtype=np.float64)
