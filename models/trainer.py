@@ -106,6 +106,11 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def decode_size(args: argparse.Namespace) -> tuple[int, int]:
+    """The size crops are decoded at; the batch is then resized (bilinear) to the input size."""
+    return tuple(args.decode_size) if getattr(args, "decode_size", None) else tuple(args.input_size)  # type: ignore[return-value]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -120,7 +125,7 @@ def load_training_data(args: argparse.Namespace, device: torch.device) -> Traini
     labels = torch.tensor([s.pid for s in train_samples])
     num_classes = int(labels.max()) + 1
     log.info("decoding %d training crops once", len(train_samples))
-    images = load_images([s.path for s in train_samples], args.input_size).to(device)
+    images = load_images([s.path for s in train_samples], decode_size(args)).to(device)
     return TrainingData(split=split, images=images, labels=labels.to(device), num_classes=num_classes)
 
 
@@ -293,6 +298,8 @@ def export(encoder: ReIDEncoder, args: argparse.Namespace, summary: dict[str, An
         "metrics": summary["metrics"],
         "code_revision": code_revision(),
     }
+    if decode_size(args) != tuple(args.input_size):
+        metadata["decode_size"] = list(decode_size(args))  # its metrics were measured on crops decoded at this size
     save_encoder(encoder, args.export, metadata)
 
 
@@ -336,8 +343,8 @@ def evaluate_model(encoder: ReIDEncoder, split: Any, args: argparse.Namespace, d
 
     was_training = encoder.training
     embedder = Embedder(model=encoder.eval(), device=device, input_size=args.input_size)
-    q = embedder.embed(load_images([s.path for s in split.query], args.input_size))
-    g = embedder.embed(load_images([s.path for s in split.gallery], args.input_size))
+    q = embedder.embed(load_images([s.path for s in split.query], decode_size(args)))
+    g = embedder.embed(load_images([s.path for s in split.gallery], decode_size(args)))
     encoder.train(was_training)
     result = evaluate_rankings(
         cosine_distance(q, g),

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from app.db.tables import TRACK_BUDGET_PREFIX
+
 INT64_MAX = 2**63 - 1
 EPSILON_MIN, EPSILON_MAX = 1e-3, 1e4  # where the analytic Gaussian calibration is numerically sound
 DELTA_MIN = 1e-20
@@ -138,9 +140,6 @@ class StrictIn(BaseModel):
     """JSON request bodies: unknown fields refused, no type coercion (``true`` is not 1, ``"5"`` is not 5)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-
-
-TRACK_BUDGET_PREFIX = "track:"  # the budget key of a track_ref without a subject (``ItemInput.budget_key``)
 
 
 class ItemMetadata(StrictIn):

@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Float, ForeignKey, Index, Integer, LargeBinary, String, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+TRACK_BUDGET_PREFIX = "track:"  # a subject_budgets key: this + a track_ref, for a track without a subject
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -126,7 +128,7 @@ class SubjectBudget(Base):
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    subject_ref: Mapped[str] = mapped_column(String(206))  # a subject_ref, or "track:" + a track_ref (both up to 200)
+    subject_ref: Mapped[str] = mapped_column(String(206))  # a subject_ref, or TRACK_BUDGET_PREFIX + a track_ref (both up to 200)
     mu_squared: Mapped[float] = mapped_column(Float, default=0.0)
     releases: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)

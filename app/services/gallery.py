@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, defer, sessionmaker
 
 from app.core.errors import Conflict, ModelMismatch, PrivacyBudgetExceeded, Unauthorized
 from app.db.session import LOCK_RETENTION, TenantWriteLocks, run_once_lock
-from app.db.tables import GalleryChange, GalleryHead, GalleryItem, PrivacyPolicyRow, ServiceJob, SubjectBudget, Tenant
+from app.db.tables import TRACK_BUDGET_PREFIX, GalleryChange, GalleryHead, GalleryItem, PrivacyPolicyRow, ServiceJob, SubjectBudget, Tenant
 from app.index.faiss_store import IndexRegistry, TenantIndex
 from app.services.groups import GroupBy, GroupFilters, GroupHit, GroupSearch, Scoring
 from app.services.privacy import BudgetCheck, TenantPolicy, release_mu_squared
@@ -51,7 +51,7 @@ class ItemInput:
         if self.subject_ref:
             return self.subject_ref
         if self.track_ref:
-            return f"track:{self.track_ref}"  # subject refs may not start with "track:" (app.api.schemas.TRACK_BUDGET_PREFIX)
+            return TRACK_BUDGET_PREFIX + self.track_ref
         return None
 
 

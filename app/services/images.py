@@ -113,7 +113,7 @@ def decode_jpeg_torch(data: bytes, size: tuple[int, int], *, device: str) -> tor
 class ImageLimits:
     max_bytes: int
     max_pixels: int
-    max_aspect: float = 16.0  # longer side / shorter side: resizing a 1 x 16M-pixel strip took 21 s and 6 GB
+    max_aspect: float  # longer side / shorter side (``Settings.max_image_aspect``)
 
 
 def decode_crop(data: bytes, *, name: str, content_type: str | None, limits: ImageLimits, size: tuple[int, int], decode: str = "cpu") -> torch.Tensor:

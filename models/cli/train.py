@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--embedding-dim", type=int, default=512)
     g.add_argument("--input-size", type=parse_size, default=(128, 64), help="HEIGHTxWIDTH")
+    g.add_argument(
+        "--decode-size",
+        type=parse_size,
+        default=None,
+        help="HEIGHTxWIDTH the crops are decoded at before the bilinear resize to --input-size (default: --input-size); "
+        "256x128 for a 192x96 ensemble member trains it on what it sees in the ensemble",
+    )
     g = p.add_argument_group("privacy parts")
     g.add_argument("--decoder-target", default="pixelate", choices=["none", "pixelate", "clean", "blur", "noise"])
     g.add_argument("--pixel-block", type=int, default=8, help="pixelation block size in input pixels")
@@ -113,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if isinstance(args.input_size, str):
         args.input_size = parse_size(args.input_size)
+    if isinstance(args.decode_size, str):
+        args.decode_size = parse_size(args.decode_size)
     return args
 
 

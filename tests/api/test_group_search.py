@@ -63,7 +63,7 @@ def test_group_score_is_the_cosine_to_the_mean_of_noisy_records(client, tiny_emb
         rows = {r.id: np.frombuffer(r.feature, dtype="<f4").astype(np.float64) for r in session.query(GalleryItem).all()}
     from app.services.images import ImageLimits, decode_crop
 
-    limits = ImageLimits(max_bytes=10**7, max_pixels=10**8)
+    limits = ImageLimits(max_bytes=10**7, max_pixels=10**8, max_aspect=16.0)
     crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=limits, size=tiny_embedder.input_size)
     query = tiny_embedder.embed(torch.stack([crop]))[0].astype(np.float64)
     for hit in hits:
@@ -205,7 +205,7 @@ def test_a_split_sign_encoder_releases_at_sensitivity_root_two_and_scores_tracks
             stored = session.query(GalleryItem).all()
             rows = {r.id: np.frombuffer(r.feature, dtype="<f4").astype(np.float64) for r in stored}
             assert all(math.isclose(r.sensitivity, math.sqrt(2)) and math.isclose(r.sigma, sigma) for r in stored)
-        limits = ImageLimits(max_bytes=10**7, max_pixels=10**8)
+        limits = ImageLimits(max_bytes=10**7, max_pixels=10**8, max_aspect=16.0)
         crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=limits, size=(64, 32))
         query = embedder.embed(torch.stack([crop]))[0].astype(np.float64)
         assert (query >= 0).all()
@@ -248,7 +248,7 @@ def test_likelihood_scores_undo_a_clipping_norm_below_one_and_extreme_min_scores
             rows = {r.id: np.frombuffer(r.feature, dtype="<f4").astype(np.float64) for r in stored}
             sigma = stored[0].sigma
             assert all(r.clip_norm == 0.5 for r in stored)
-        crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=ImageLimits(10**7, 10**8), size=(64, 32))
+        crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=ImageLimits(10**7, 10**8, 16.0), size=(64, 32))
         query = embedder.embed(torch.stack([crop]))[0].astype(np.float64)
         answer = search(client, key, 2, k=10, group_by="track_ref").json()
         assert answer["scoring"] == "likelihood"
@@ -293,7 +293,7 @@ def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings)
     with TestClient(create_app(settings, embedder=embedder)) as client:
         state = client.app.state.reid
         key, ids = _setup(client, epsilon=8.0)
-        crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=ImageLimits(10**7, 10**8), size=(64, 32))
+        crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=ImageLimits(10**7, 10**8, 16.0), size=(64, 32))
         query = embedder.embed(torch.stack([crop]))[0]
 
         def answers_agree() -> list[str]:

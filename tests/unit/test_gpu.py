@@ -40,7 +40,7 @@ def test_nvjpeg_decode_agrees_with_pil():
     img = Image.fromarray(rng.integers(0, 256, size=(24, 10, 3), dtype=np.uint8)).resize((100, 240), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=92)
-    limits = ImageLimits(max_bytes=1 << 22, max_pixels=1 << 24)
+    limits = ImageLimits(max_bytes=1 << 22, max_pixels=1 << 24, max_aspect=16.0)
     pil = decode_crop(buf.getvalue(), name="a", content_type="image/jpeg", limits=limits, size=(128, 64)).float()
     gpu = decode_jpeg_torch(buf.getvalue(), (128, 64), device="cuda")
     via_setting = decode_crop(buf.getvalue(), name="a", content_type="image/jpeg", limits=limits, size=(128, 64), decode="cuda")

@@ -13,7 +13,7 @@ from app.core.errors import InvalidImage
 from app.services import images
 from app.services.images import ImageLimits, decode_crop, decode_jpeg_torch
 
-LIMITS = ImageLimits(max_bytes=5 * 1024 * 1024, max_pixels=4096 * 4096)
+LIMITS = ImageLimits(max_bytes=5 * 1024 * 1024, max_pixels=4096 * 4096, max_aspect=16.0)
 
 
 def jpeg(width: int = 60, height: int = 150, seed: int = 0) -> bytes:

@@ -241,3 +241,18 @@ def test_embedding_does_not_depend_on_the_forward_chunk(tmp_path):
     assert embedder.default_chunk == 8  # CPU
     crops = torch.randint(0, 256, (20, 3, 64, 32), dtype=torch.uint8)
     assert torch.allclose(torch.from_numpy(embedder.embed(crops)), torch.from_numpy(embedder.embed(crops, 20)), atol=1e-5)
+
+
+def test_decode_size_decodes_larger_and_training_resizes_to_the_input_size():
+    from models.cli.train import parse_args
+    from models.data.transforms import train_augment
+    from models.trainer import decode_size, load_training_data
+
+    data = require_shared_data()
+    common = ["--data", str(data), "--input-size", "64x32", "--max-train-ids", "4"]
+    assert decode_size(parse_args(common)) == (64, 32)  # defaults to the input size
+    args = parse_args([*common, "--decode-size", "96x48"])
+    training = load_training_data(args, torch.device("cpu"))
+    assert tuple(training.images.shape[-2:]) == (96, 48)  # as an ensemble member sees the crop before its in-graph resize
+    clean01, inputs = train_augment(training.images[:2], args.input_size, torch.Generator().manual_seed(0), padding=0, erasing_p=0.0)
+    assert tuple(inputs.shape[-2:]) == (64, 32) and tuple(clean01.shape[-2:]) == (64, 32)
