@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from models.checkpoint import Embedder
 
-DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "stage1_ensemble_osnet_mnv2_lda48_split.pt"
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "stage1_ensemble_osnet_ep47_mnv2_dec256_lda48_split.pt"
 
 
 def load_encoder(path: str | Path, device: str = "cpu") -> Embedder:
