@@ -107,8 +107,10 @@ class Run:
 
 
 def decode_size(args: argparse.Namespace) -> tuple[int, int]:
-    """The size crops are decoded at; the batch is then resized (bilinear) to the input size."""
-    return tuple(args.decode_size) if getattr(args, "decode_size", None) else tuple(args.input_size)  # type: ignore[return-value]
+    """The size crops are decoded at; the batch is then resized (bilinear) to the input size. Arguments saved by runs
+    from before ``--decode-size`` have none."""
+    height, width = getattr(args, "decode_size", None) or args.input_size
+    return int(height), int(width)
 
 
 def seed_everything(seed: int) -> None:
