@@ -16,7 +16,7 @@ likelihood scorer:
 
 Scores are meaningless (random features); only time is measured. HTTP, the encoder and the JSON answer are not included.
 
-    python benchmarks/group_search_scale.py --records 10000 100000 400000 --json docs/group_search_scale.json
+    python benchmarks/group_search_scale.py --records 10000 100000 400000 --json docs/group_search_scale.json  # --k 100: the API maximum
 """
 
 from __future__ import annotations
@@ -75,11 +75,11 @@ def add_records(sessions: sessionmaker, first: int, count: int, per_track: int, 
         session.commit()
 
 
-def timed(search: GroupSearch, sessions: sessionmaker, query: np.ndarray, filters: GroupFilters, scorer: Any) -> float:
+def timed(search: GroupSearch, sessions: sessionmaker, query: np.ndarray, filters: GroupFilters, scorer: Any, k: int) -> float:
     started = time.perf_counter()
-    hits, scoring = search.search(sessions, 1, "track_ref", query, 10, filters, scorer=scorer, split_sign=True)
+    hits, scoring = search.search(sessions, 1, "track_ref", query, k, filters, scorer=scorer, split_sign=True)
     elapsed = time.perf_counter() - started
-    assert len(hits) == 10 and scoring == ("likelihood" if scorer is not None else "cosine")
+    assert len(hits) == k and scoring == ("likelihood" if scorer is not None else "cosine")
     return 1000 * elapsed
 
 
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=10)
     parser.add_argument("--write-rounds", type=int, default=10, help="rounds of (32 records written, one search)")
     parser.add_argument("--sigma", type=float, default=0.290, help="noise σ per coordinate (0.290: ε = 32, δ = 1e-5, split-sign)")
+    parser.add_argument("--k", type=int, default=10, help="hits per search (the API's default is 10, its maximum 100)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -116,23 +117,24 @@ def main() -> None:
             add_records(sessions, 0, records, args.records_per_track, dim, args.sigma, rng)
             row: dict[str, Any] = {
                 "records": records,
+                "k": args.k,
                 "tracks": -(-records // args.records_per_track),
                 "fill_s": round(time.perf_counter() - started, 1),
             }
             for name, used in (("likelihood", scorer), ("cosine", None)):
                 search = GroupSearch()
-                cold = timed(search, sessions, queries[0], GroupFilters(), used)
-                warm = [timed(search, sessions, q, GroupFilters(), used) for q in queries]
+                cold = timed(search, sessions, queries[0], GroupFilters(), used, args.k)
+                warm = [timed(search, sessions, q, GroupFilters(), used, args.k) for q in queries]
                 after = []
                 for round_ in range(args.write_rounds):  # a write, then a search: the search pays for the changed tracks
                     first = records + 32 * (round_ + (0 if used is not None else args.write_rounds))
                     add_records(sessions, first, 32, args.records_per_track, dim, args.sigma, rng)
-                    after.append(timed(search, sessions, queries[round_ % len(queries)], GroupFilters(), used))
+                    after.append(timed(search, sessions, queries[round_ % len(queries)], GroupFilters(), used, args.k))
                 expected = records + 32 * args.write_rounds * (1 if used is not None else 2)
                 assert search._entry(1, "track_ref").live == expected  # the new records were read
-                filtered = [timed(search, sessions, q, GroupFilters(camera_ids=["cam-1", "cam-2"]), used) for q in queries[:3]]
+                filtered = [timed(search, sessions, q, GroupFilters(camera_ids=["cam-1", "cam-2"]), used, args.k) for q in queries[:3]]
                 tracemalloc.start()  # numpy reports its buffers: the most a filtered search holds at once, beyond the cache
-                timed(search, sessions, queries[0], GroupFilters(camera_ids=["cam-1", "cam-2"]), used)
+                timed(search, sessions, queries[0], GroupFilters(camera_ids=["cam-1", "cam-2"]), used, args.k)
                 filter_peak = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
                 row[name] = {

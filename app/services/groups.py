@@ -20,6 +20,11 @@ the normalised centroid) are kept per group and recomputed only for the groups w
 a write therefore costs the changed groups plus one pass of scoring, not a regrouping of the tenant. Filtered searches
 group the records they keep on each call. One tenant's grouped searches (per grouping) run one at a time in a process;
 other tenants' run beside them.
+
+Replicas answer alike: the cached float32 rows only rank the groups; every group within a margin of the k-th score is
+rescored in float64 from its exact (integer) sum, one group at a time, and those scores decide and are returned. So a
+warm cache with dead rows and a cold one, or two replicas, give the same hits and the same score bits for the same
+query feature.
 """
 
 from __future__ import annotations
@@ -129,13 +134,7 @@ class _Scoring:
         todo, counts = todo[counts > 0], counts[counts > 0]
         if todo.size == 0:
             return
-        positions = records.members_of(todo)
-        assert records.features is not None
-        group_of = np.repeat(np.arange(todo.size), counts)
-        sums = _GroupSums.of(
-            records.features, positions, group_of, todo.size, records.sigmas[positions], records.scales[positions], self.scorer is not None
-        )
-        new = sums.rows(self.scorer, self.split_sign)
+        new = records.sums_of(todo, self.scorer is not None).rows(self.scorer, self.split_sign)
         for name, values in new.items():
             table = self.rows.get(name)
             if table is None:
@@ -154,12 +153,19 @@ class _Scoring:
 
 GATHER_CHUNK = 32_768  # records gathered at a time: summing a large selection never copies all of its features at once
 PREPARE_CHUNK = 4_096  # groups prepared for the scorer at a time (its temporaries are float64 [groups, D] arrays)
+SHORTLIST_TOLERANCE = 1e-3  # relative to 1 + |score|: float32 rows are within a few millionths of float64
+SHORTLIST_EXTRA = 1024  # groups rescored beyond k at most
+FIXED_POINT = 2.0**30  # group sums are exact integer sums at this resolution: the same bits in any order of the records
 
 
 @dataclass(frozen=True)
 class _GroupSums:
     """What a set of groups' scoring rows are made of: each group's feature sum (features first divided by their
-    ``scales`` when a scorer will read them), record count and the per-coordinate noise variance of its mean."""
+    ``scales`` when a scorer will read them), record count and the per-coordinate noise variance of its mean.
+
+    Sums are integer sums of the features rounded to ``FIXED_POINT`` (2⁻³⁰ ≈ 1e-9, far below any score's precision), so
+    a group's sum has the same bits however its records were loaded, chunked or grouped with others: two replicas (or a
+    warm and a cold cache) holding the same records score them alike."""
 
     sums: np.ndarray  # [G, D] float64
     counts: np.ndarray  # [G]
@@ -173,16 +179,32 @@ class _GroupSums:
         ``GATHER_CHUNK`` rows at a time; ``sigmas``/``scales`` are those of the selected records."""
         from scipy.sparse import csr_matrix
 
-        sums = np.zeros((groups, features.shape[1]))
+        exact = np.zeros((groups, features.shape[1]), dtype=np.int64)
+        floats = None  # past 2⁶² (a bound on the largest |integer sum|) the sums go on in floats: order-dependent last bits
+        bound = 0.0
         for start in range(0, rows.size, GATHER_CHUNK):
             part = slice(start, start + GATHER_CHUNK)
             gathered = features[rows[part]].astype(np.float64)
             if rescale:
                 gathered /= scales[part, None]
             n = gathered.shape[0]
-            sums += csr_matrix((np.ones(n), (group_of[part], np.arange(n))), shape=(groups, n)) @ gathered
+            members = csr_matrix((np.ones(n, dtype=np.int64), (group_of[part], np.arange(n))), shape=(groups, n))
+            bound += float(np.abs(gathered).max(initial=0.0)) * FIXED_POINT * n
+            if bound < 2.0**62:
+                exact += members @ np.rint(np.multiply(gathered, FIXED_POINT, out=gathered), out=gathered).astype(np.int64)
+            else:
+                product = members.astype(np.float64) @ gathered
+                floats = product if floats is None else floats + product
+        sums = exact.astype(np.float64)
+        sums /= FIXED_POINT
+        if floats is not None:
+            sums += floats
         counts = np.bincount(group_of, minlength=groups).astype(np.float64)
-        return cls(sums, counts, track_noise_variance(sigmas / scales, group_of, groups) if rescale else np.zeros(groups))
+        if not rescale:
+            return cls(sums, counts, np.zeros(groups))
+        variances = sigmas / scales
+        order = np.lexsort((variances, group_of))  # each group's values summed in one order, whatever order they came in
+        return cls(sums, counts, track_noise_variance(variances[order], group_of[order], groups))
 
     def rows(self, scorer: TrackScorer | None, split_sign: bool) -> dict[str, np.ndarray]:
         """The groups' scoring rows: with a ``scorer``, its query-free track terms (features and σ were rescaled by the
@@ -200,6 +222,21 @@ class _GroupSums:
             return rows
         sums = signed_features(self.sums) if split_sign else self.sums  # compare f = f⁺ − f⁻: the split is for the noise
         return {"centroids": sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)}
+
+    def exact_scores(self, scorer: TrackScorer | None, split_sign: bool, query: np.ndarray) -> np.ndarray:
+        """Float64 scores of these groups for a clean query, each group computed alone (``_exact_scores``)."""
+        if scorer is not None:
+            return scorer.scores_one_by_one(query, self.sums / self.counts[:, None], self.noise_var)
+        query = signed_features(query) if split_sign else query
+        unit = query / max(float(np.linalg.norm(query)), 1e-12)
+        out = np.empty(self.counts.size)
+        for i, total in enumerate(self.sums):
+            centroid = signed_features(total) if split_sign else total
+            out[i] = float(np.dot(centroid / max(float(np.linalg.norm(centroid)), 1e-12), unit))
+        return out
+
+    def take(self, index: np.ndarray) -> _GroupSums:
+        return _GroupSums(self.sums[index], self.counts[index], self.noise_var[index])
 
 
 def _group_scores(rows: dict[str, np.ndarray], scorer: TrackScorer | None, split_sign: bool, query: np.ndarray) -> np.ndarray:
@@ -252,6 +289,13 @@ class _Records:
             rows = rows[np.isin(self.codes[rows], codes)]
             return rows[np.lexsort((rows, self.codes[rows]))]
         return np.fromiter((row for c in codes.tolist() for row in self.members[c]), dtype=np.int64)
+
+    def sums_of(self, codes: np.ndarray, rescale: bool) -> _GroupSums:
+        """``_GroupSums`` of the groups ``codes`` (ascending) from their live records."""
+        assert self.features is not None
+        positions = self.members_of(codes)
+        group_of = np.repeat(np.arange(codes.size), self.group_sizes(codes))
+        return _GroupSums.of(self.features, positions, group_of, codes.size, self.sigmas[positions], self.scales[positions], rescale)
 
     def scoring(self, scorer: TrackScorer | None, split_sign: bool) -> _Scoring:
         """The (refreshed) scoring rows of every group for this way of scoring."""
@@ -464,8 +508,9 @@ class GroupSearch:
                 codes = table.live_codes()
                 if codes.size == 0:
                     return [], scoring
-                scores = table.scores(query)[codes]
-                top = _top(codes, scores, entry.names, k, filters.min_score)
+                shortlist = np.sort(codes[_shortlist(table.scores(query)[codes], k, filters.min_score)])
+                exact = entry.sums_of(shortlist, used is not None).exact_scores(used, split_sign, query)
+                top = _top(shortlist, exact, entry.names, k, filters.min_score)
                 return [_hit(entry.names[c], s, entry.members[c], entry) for c, s in top], scoring
             if entry.live == entry.size:  # no dead rows: the mask is computed on views, not copies
                 rows = np.flatnonzero(_record_mask(entry, slice(0, entry.size), filters))
@@ -480,7 +525,8 @@ class GroupSearch:
             sums = _GroupSums.of(entry.features, rows, group_of, live.size, entry.sigmas[rows], entry.scales[rows], used is not None)
         # filtered: the kept groups' sums (not their records' features) are scored outside the lock
         grouped = Grouped(live, group_of, sums.rows(used, split_sign), used, split_sign)
-        top = _top(grouped.live, grouped.scores(query), selected.names, k, filters.min_score)
+        shortlist = _shortlist(grouped.scores(query), k, filters.min_score)
+        top = _top(grouped.live[shortlist], sums.take(shortlist).exact_scores(used, split_sign, query), selected.names, k, filters.min_score)
         hits = []
         for code, score in top:
             members = np.flatnonzero(grouped.group_of == np.searchsorted(grouped.live, code))
@@ -510,6 +556,26 @@ def _record_mask(entry: _Records, rows: np.ndarray | slice, filters: GroupFilter
     if filters.captured_to is not None:
         mask &= entry.times[rows] <= _micros(filters.captured_to)
     return mask
+
+
+def _tolerance(score: float) -> float:
+    """How far a float32-row score may be from its float64 value, with a wide margin (measured: a few millionths)."""
+    return SHORTLIST_TOLERANCE * (1.0 + abs(score))
+
+
+def _shortlist(scores: np.ndarray, k: int, min_score: float | None) -> np.ndarray:
+    """Indices of the groups that can be in the top ``k`` (at or above ``min_score``) once scored exactly: the cached
+    float32 rows rank every group, and every group within ``_tolerance`` of the k-th score (or of ``min_score``) is
+    rescored in float64. At most ``k + SHORTLIST_EXTRA`` groups (more only where thousands tie at the k-th score)."""
+    keep = np.arange(scores.size)
+    if min_score is not None:
+        keep = keep[scores >= min_score - _tolerance(min_score)]
+    if keep.size > k:
+        kth = float(-np.partition(-scores[keep], k - 1)[k - 1])
+        keep = keep[scores[keep] >= kth - _tolerance(kth)]
+    if keep.size > k + SHORTLIST_EXTRA:
+        keep = keep[np.argpartition(-scores[keep], k + SHORTLIST_EXTRA - 1)[: k + SHORTLIST_EXTRA]]
+    return keep
 
 
 def _top(codes: np.ndarray, scores: np.ndarray, names: list[str], k: int, min_score: float | None) -> list[tuple[int, float]]:

@@ -106,6 +106,26 @@ class TrackScorer:
         gain, _, (_, residual_vectors) = self._clean_basis
         return PreparedTracks(self.mean, gain.T @ residual_vectors, weighted, inverse_variance, offset)
 
+    def scores_one_by_one(self, query: np.ndarray, track_means: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
+        """``scores`` of one clean query in float64, track by track with the same array shapes for every track, so a
+        track's score is the same bits whatever other tracks are scored beside it (a matrix product over many tracks
+        may sum a row in another order for another number of rows: measured, 3.8e-6 apart in float32). About 20 µs a
+        track: for a short list."""
+        gain, (total_values, total_vectors), (residual_values, residual_vectors) = self._clean_basis
+        y_all = np.atleast_2d(np.asarray(track_means, dtype=np.float64)) - self.mean
+        expected = (np.asarray(query, dtype=np.float64).reshape(-1) - self.mean) @ (gain.T @ residual_vectors)
+        per_level: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
+        out = np.empty(y_all.shape[0])
+        for i, (y, level) in enumerate(zip(y_all, np.asarray(noise_var, dtype=np.float64).reshape(-1).tolist(), strict=True)):
+            if level not in per_level:
+                inv_c, inv_t = 1.0 / (residual_values + level), 1.0 / (total_values + level)
+                log_det = 0.5 * float(np.log(total_values + level).sum() - np.log(residual_values + level).sum())
+                per_level[level] = (inv_c, inv_t, expected * inv_c, log_det - 0.5 * float((expected**2 * inv_c).sum()))
+            inv_c, inv_t, expected_over_c, constant = per_level[level]
+            y_c, y_t = y @ residual_vectors, y @ total_vectors
+            out[i] = float((expected_over_c * y_c).sum()) + 0.5 * float((y_t**2 * inv_t).sum() - (y_c**2 * inv_c).sum()) + constant
+        return out
+
     @cached_property
     def _clean_basis(self) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """``_basis`` for clean queries, computed once (grouped search prepares a few changed tracks at a time)."""

@@ -405,8 +405,8 @@ def test_incremental_group_rows_equal_a_fresh_grouping_through_appends_drops_and
 
 def test_group_sums_gathered_in_chunks_equal_one_pass(monkeypatch):
     """A filtered search sums the kept records' features a chunk at a time (it never copies them all at once), and the
-    scorer prepares groups a chunk at a time: the sums, counts, noise variances and scoring rows equal those of one pass,
-    rows in any order, several chunks."""
+    scorer prepares groups a chunk at a time: the sums, counts and noise variances are those of one pass to the bit,
+    whatever the chunks and the records' order, and the scoring rows equal those of one pass."""
     from app.services import groups
     from models.evaluation.likelihood import TrackScorer
 
@@ -420,10 +420,14 @@ def test_group_sums_gathered_in_chunks_equal_one_pass(monkeypatch):
         monkeypatch.setattr(groups, "GATHER_CHUNK", 7)
         chunked = groups._GroupSums.of(features, rows, group_of, 40, sigmas, scales, rescale)
         monkeypatch.undo()
+        order = rng.permutation(300)  # the same records in another order
+        shuffled = groups._GroupSums.of(features, rows[order], group_of[order], 40, sigmas[order], scales[order], rescale)
         expected = np.zeros((40, 4))
         np.add.at(expected, group_of, features[rows] / (scales[:, None] if rescale else 1.0))
-        assert np.allclose(chunked.sums, expected) and np.allclose(whole.sums, expected)
-        assert np.array_equal(chunked.counts, np.bincount(group_of, minlength=40)) and np.allclose(chunked.noise_var, whole.noise_var)
+        assert np.allclose(whole.sums, expected, rtol=0, atol=1e-8)
+        for other in (chunked, shuffled):  # exact: the same bits in any order and any chunking
+            assert np.array_equal(other.sums, whole.sums) and np.array_equal(other.noise_var, whole.noise_var)
+        assert np.array_equal(chunked.counts, np.bincount(group_of, minlength=40))
     scorer = TrackScorer(np.full(4, 0.1), 0.15 * np.eye(4), 0.1 * np.eye(4))  # the scorer's rows are prepared in chunks too
     assert len(np.unique(whole.noise_var)) > 1  # several noise levels
     prepared = scorer.prepare(whole.sums / whole.counts[:, None], whole.noise_var, dtype=np.float32)
@@ -545,4 +549,69 @@ def test_concurrent_grouped_searches_during_writes_and_erasures_see_whole_tracks
     cold, _ = GroupSearch().search(sessions, 1, "track_ref", query, 100, GroupFilters(), scorer=scorer)
     assert [(h.key, h.item_ids) for h in warm] == [(h.key, h.item_ids) for h in cold]
     assert np.allclose([h.score for h in warm], [h.score for h in cold], rtol=1e-5, atol=1e-5)
+    engine.dispose()
+
+
+def test_a_warm_cache_and_a_cold_one_answer_the_same_bits(tmp_path):
+    """Two replicas hold the same records but different caches: one filled before erasures and more writes (dead rows,
+    stale group codes), one filled once from SQL. Float32 rows scored in one matrix product differ in the last bits
+    between such tables (the product sums a row in another order for another number of rows), so hits are rescored
+    exactly: every answer, with and without filters, by likelihood and by cosine, is the same keys, items and score bits."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import create_engine, delete, insert, select, update
+    from sqlalchemy.orm import sessionmaker
+
+    from app.db.tables import Base, GalleryChange, GalleryHead, GalleryItem, Tenant
+    from app.services.groups import GroupFilters, GroupSearch
+    from models.evaluation.likelihood import TrackScorer
+
+    dim, per_track = 96, 3
+    engine = create_engine(f"sqlite:///{tmp_path / 'bits.db'}")
+    Base.metadata.create_all(engine)
+    sessions = sessionmaker(engine)
+    with sessions() as session:
+        session.add(Tenant(id=1, name="bits"))
+        session.add(GalleryHead(tenant_id=1, seq=0, pruned_seq=0))
+        session.commit()
+    rng = np.random.default_rng(3)
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+
+    def log(session, ids, op):
+        changes = [{"tenant_id": 1, "item_id": i, "op": op, "at": now} for i in ids]
+        seqs = session.scalars(insert(GalleryChange).returning(GalleryChange.seq), changes).all()
+        session.execute(update(GalleryHead).where(GalleryHead.tenant_id == 1).values(seq=max(seqs)))
+
+    def add_tracks(numbers):
+        rows = [
+            dict(tenant_id=1, camera_id=f"c{i % 2}", captured_at=now, track_ref=f"t{n}", feature=f.tobytes(), mechanism="gaussian",
+                 epsilon=32.0, delta=1e-5, sensitivity=2**0.5, sigma=0.29, clip_norm=1.0, noise_library="test")
+            for n in numbers
+            for i, f in enumerate((np.abs(rng.standard_normal((per_track, dim))) * 0.1 + rng.normal(0, 0.29, (per_track, dim))).astype("<f4"))
+        ]  # fmt: skip
+        with sessions() as session:
+            log(session, session.scalars(insert(GalleryItem).returning(GalleryItem.id), rows).all(), "add")
+            session.commit()
+
+    a = rng.standard_normal((dim, dim)) / dim
+    w = rng.standard_normal((dim, dim)) / dim
+    scorer = TrackScorer(np.abs(rng.standard_normal(dim)) * 0.05, a @ a.T + 0.002 * np.eye(dim), w @ w.T + 0.003 * np.eye(dim))
+    queries = np.abs(rng.standard_normal((6, dim)))
+    add_tracks(range(700))
+    warm = GroupSearch()
+    for used in (scorer, None):
+        warm.search(sessions, 1, "track_ref", queries[0], 100, GroupFilters(), scorer=used)
+    with sessions() as session:  # erase 73 tracks, then add 91 more: the warm cache keeps dead rows and codes
+        erased = session.scalars(select(GalleryItem.id).where(GalleryItem.track_ref.in_([f"t{n}" for n in range(0, 700, 9)]))).all()
+        session.execute(delete(GalleryItem).where(GalleryItem.id.in_(erased)))
+        log(session, erased, "del")
+        session.commit()
+    add_tracks(range(700, 791))
+    cold = GroupSearch()
+    for used in (scorer, None):
+        for filters in (GroupFilters(), GroupFilters(camera_ids=["c0"]), GroupFilters(min_score=0.3)):
+            for query in queries:
+                answers = [c.search(sessions, 1, "track_ref", query, 100, filters, scorer=used) for c in (warm, cold)]
+                assert [(h.key, h.item_ids, h.score) for h in answers[0][0]] == [(h.key, h.item_ids, h.score) for h in answers[1][0]]
+                assert answers[0][1] == answers[1][1] and (answers[0][0] or filters.min_score is not None)
     engine.dispose()

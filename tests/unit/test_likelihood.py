@@ -151,3 +151,19 @@ def test_prepared_tracks_score_as_the_one_call_form():
     assert np.allclose(scorer.prepare(tracks[5:9], noise_var[5:9]).scores(queries), direct[:, 5:9], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="8 coordinates"):
         prepared.scores(queries[:, :4])
+
+
+def test_tracks_scored_one_by_one_equal_the_matrix_form_and_do_not_depend_on_their_neighbours():
+    """Grouped search rescores its short list track by track in float64: the scores of the matrix form (checked against
+    scipy above), and each track's score the same bits whether it is scored alone or beside any other tracks."""
+    rng = np.random.default_rng(4)
+    features, labels = _identities(rng, ids=60, per_id=6, dim=48, spread=0.5)
+    scorer = TrackScorer.fit(features, labels)
+    tracks = features[6:206] + 0.2 * rng.normal(size=(200, 48))
+    noise_var = rng.choice([0.0, 0.02, 0.05], size=200)
+    for query in features[:3]:
+        every = scorer.scores_one_by_one(query, tracks, noise_var)
+        assert np.allclose(every, scorer.scores(query[None], tracks, noise_var)[0], rtol=1e-10, atol=1e-10)
+        for start, count in ((0, 1), (17, 1), (3, 7), (100, 64), (5, 195)):
+            part = slice(start, start + count)
+            assert np.array_equal(scorer.scores_one_by_one(query, tracks[part], noise_var[part]), every[part])
