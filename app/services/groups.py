@@ -109,6 +109,7 @@ class _Scoring:
         self.valid = np.zeros(0, dtype=bool)  # by code, for the first ``count`` codes: the group has records
         self.count = 0
         self.rows: dict[str, np.ndarray] = {}  # by code (``_GroupSums.rows``): likelihood weighted, inverse_variance, offset; cosine centroids
+        self.large: dict[int, tuple[np.ndarray, float, float]] = {}  # by code, groups of ≥ KEPT_SUM_MIN records: exact sum, count, noise var
         self.rows_computed = 0  # groups prepared so far (tests check that unchanged groups are not recomputed)
 
     def refresh(self, records: _Records) -> None:
@@ -117,7 +118,7 @@ class _Scoring:
         if self.all_dirty:
             todo = np.arange(codes, dtype=np.int64)
             self.valid = np.zeros(codes, dtype=bool)
-            self.rows = {}
+            self.rows, self.large = {}, {}
         elif self.dirty:
             todo = np.fromiter(self.dirty, dtype=np.int64, count=len(self.dirty))
             self.valid = _grown(self.valid, codes)
@@ -129,12 +130,17 @@ class _Scoring:
         todo.sort()
         counts = records.group_sizes(todo)
         self.valid[todo] = counts > 0
+        for code in todo.tolist():
+            self.large.pop(code, None)
         for kept in self.rows.values():  # a group left empty keeps no trace of its erased records
             kept[todo[(counts == 0) & (todo < kept.shape[0])]] = 0
         todo, counts = todo[counts > 0], counts[counts > 0]
         if todo.size == 0:
             return
-        new = records.sums_of(todo, self.scorer is not None).rows(self.scorer, self.split_sign)
+        sums = records.sums_of(todo, self.scorer is not None)
+        for i in np.flatnonzero(counts >= KEPT_SUM_MIN).tolist():
+            self.large[int(todo[i])] = (sums.sums[i].copy(), float(sums.counts[i]), float(sums.noise_var[i]))
+        new = sums.rows(self.scorer, self.split_sign)
         for name, values in new.items():
             table = self.rows.get(name)
             if table is None:
@@ -146,6 +152,19 @@ class _Scoring:
     def live_codes(self) -> np.ndarray:
         return np.flatnonzero(self.valid[: self.count])
 
+    def exact_sums(self, records: _Records, codes: np.ndarray) -> _GroupSums:
+        """``_GroupSums`` of the groups ``codes`` (ascending): large groups' kept sums, the others summed now."""
+        kept = np.array([c in self.large for c in codes.tolist()], dtype=bool)
+        summed = records.sums_of(codes[~kept], self.scorer is not None)
+        if not kept.any():
+            return summed
+        dim = summed.sums.shape[1] if summed.sums.size else next(iter(self.large.values()))[0].shape[0]
+        sums, counts, noise_var = np.empty((codes.size, dim)), np.empty(codes.size), np.empty(codes.size)
+        sums[~kept], counts[~kept], noise_var[~kept] = summed.sums, summed.counts, summed.noise_var
+        for i in np.flatnonzero(kept).tolist():
+            sums[i], counts[i], noise_var[i] = self.large[int(codes[i])]
+        return _GroupSums(sums, counts, noise_var)
+
     def scores(self, query: np.ndarray) -> np.ndarray:
         """One score per group code below ``count`` (meaningless where not ``valid``)."""
         return _group_scores({name: rows[: self.count] for name, rows in self.rows.items()}, self.scorer, self.split_sign, query)
@@ -156,6 +175,7 @@ PREPARE_CHUNK = 4_096  # groups prepared for the scorer at a time (its temporari
 SHORTLIST_TOLERANCE = 1e-3  # relative to 1 + |score|: float32 rows are within a few millionths of float64
 SHORTLIST_EXTRA = 1024  # groups rescored beyond k at most
 FIXED_POINT = 2.0**30  # group sums are exact integer sums at this resolution: the same bits in any order of the records
+KEPT_SUM_MIN = 32  # groups of at least this many records keep their exact sum for rescoring (smaller ones are re-summed)
 
 
 @dataclass(frozen=True)
@@ -163,9 +183,10 @@ class _GroupSums:
     """What a set of groups' scoring rows are made of: each group's feature sum (features first divided by their
     ``scales`` when a scorer will read them), record count and the per-coordinate noise variance of its mean.
 
-    Sums are integer sums of the features rounded to ``FIXED_POINT`` (2⁻³⁰ ≈ 1e-9, far below any score's precision), so
-    a group's sum has the same bits however its records were loaded, chunked or grouped with others: two replicas (or a
-    warm and a cold cache) holding the same records score them alike."""
+    Sums are integer sums of the features rounded to ``FIXED_POINT`` (2⁻³⁰ ≈ 1e-9, far below any score's precision),
+    kept as two int64 sums (high and low 32 bits of each value) so that no realistic gallery overflows them. A group's
+    sum then has the same bits however its records were loaded, chunked or grouped with others: two replicas (or a warm
+    and a cold cache) holding the same records score them alike."""
 
     sums: np.ndarray  # [G, D] float64
     counts: np.ndarray  # [G]
@@ -179,9 +200,9 @@ class _GroupSums:
         ``GATHER_CHUNK`` rows at a time; ``sigmas``/``scales`` are those of the selected records."""
         from scipy.sparse import csr_matrix
 
-        exact = np.zeros((groups, features.shape[1]), dtype=np.int64)
-        floats = None  # past 2⁶² (a bound on the largest |integer sum|) the sums go on in floats: order-dependent last bits
-        bound = 0.0
+        high = np.zeros((groups, features.shape[1]), dtype=np.int64)  # Σ ⌊v / 2³²⌋ of the fixed-point values v
+        low = np.zeros((groups, features.shape[1]), dtype=np.int64)  # Σ (v mod 2³²): both fit int64 up to 2³¹ records
+        floats = None  # a value of 2³² or more (absurd settings only) goes to float sums, order-dependent in the last bits
         for start in range(0, rows.size, GATHER_CHUNK):
             part = slice(start, start + GATHER_CHUNK)
             gathered = features[rows[part]].astype(np.float64)
@@ -189,13 +210,16 @@ class _GroupSums:
                 gathered /= scales[part, None]
             n = gathered.shape[0]
             members = csr_matrix((np.ones(n, dtype=np.int64), (group_of[part], np.arange(n))), shape=(groups, n))
-            bound += float(np.abs(gathered).max(initial=0.0)) * FIXED_POINT * n
-            if bound < 2.0**62:
-                exact += members @ np.rint(np.multiply(gathered, FIXED_POINT, out=gathered), out=gathered).astype(np.int64)
+            if float(np.abs(gathered).max(initial=0.0)) < 2.0**32:
+                fixed = np.rint(np.multiply(gathered, FIXED_POINT, out=gathered), out=gathered).astype(np.int64)
+                high += members @ (fixed >> 32)
+                low += members @ (fixed & 0xFFFFFFFF)
             else:
                 product = members.astype(np.float64) @ gathered
                 floats = product if floats is None else floats + product
-        sums = exact.astype(np.float64)
+        sums = high.astype(np.float64)
+        sums *= 2.0**32
+        sums += low
         sums /= FIXED_POINT
         if floats is not None:
             sums += floats
@@ -224,7 +248,8 @@ class _GroupSums:
         return {"centroids": sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)}
 
     def exact_scores(self, scorer: TrackScorer | None, split_sign: bool, query: np.ndarray) -> np.ndarray:
-        """Float64 scores of these groups for a clean query, each group computed alone (``_exact_scores``)."""
+        """Float64 scores of these groups for a clean query, each group computed alone (``scores_one_by_one``; for cosine,
+        one dot product per group)."""
         if scorer is not None:
             return scorer.scores_one_by_one(query, self.sums / self.counts[:, None], self.noise_var)
         query = signed_features(query) if split_sign else query
@@ -509,7 +534,7 @@ class GroupSearch:
                 if codes.size == 0:
                     return [], scoring
                 shortlist = np.sort(codes[_shortlist(table.scores(query)[codes], k, filters.min_score)])
-                exact = entry.sums_of(shortlist, used is not None).exact_scores(used, split_sign, query)
+                exact = table.exact_sums(entry, shortlist).exact_scores(used, split_sign, query)
                 top = _top(shortlist, exact, entry.names, k, filters.min_score)
                 return [_hit(entry.names[c], s, entry.members[c], entry) for c, s in top], scoring
             if entry.live == entry.size:  # no dead rows: the mask is computed on views, not copies
@@ -566,7 +591,8 @@ def _tolerance(score: float) -> float:
 def _shortlist(scores: np.ndarray, k: int, min_score: float | None) -> np.ndarray:
     """Indices of the groups that can be in the top ``k`` (at or above ``min_score``) once scored exactly: the cached
     float32 rows rank every group, and every group within ``_tolerance`` of the k-th score (or of ``min_score``) is
-    rescored in float64. At most ``k + SHORTLIST_EXTRA`` groups (more only where thousands tie at the k-th score)."""
+    rescored in float64. At most ``k + SHORTLIST_EXTRA`` groups: where more lie within the margin (thousands of nearly
+    equal groups), the float32 order picks them, and replicas may then differ."""
     keep = np.arange(scores.size)
     if min_score is not None:
         keep = keep[scores >= min_score - _tolerance(min_score)]
@@ -579,13 +605,15 @@ def _shortlist(scores: np.ndarray, k: int, min_score: float | None) -> np.ndarra
 
 
 def _top(codes: np.ndarray, scores: np.ndarray, names: list[str], k: int, min_score: float | None) -> list[tuple[int, float]]:
-    """The best ``k`` of ``codes`` (scored by ``scores``), best first; ties by group key for a stable answer."""
+    """The best ``k`` of ``codes`` (scored by ``scores``), best first; ties by group key, also at the k-th place (every
+    group tied there is a candidate, so which of them make the cut does not depend on how groups were numbered)."""
     keep = np.arange(codes.size)
     if min_score is not None:
         keep = keep[scores >= min_score]
     if keep.size > k:
-        keep = keep[np.argpartition(-scores[keep], k - 1)[:k]]
-    ranked = sorted(keep.tolist(), key=lambda i: (-scores[i], names[int(codes[i])]))
+        kth = -np.partition(-scores[keep], k - 1)[k - 1]
+        keep = keep[scores[keep] >= kth]
+    ranked = sorted(keep.tolist(), key=lambda i: (-scores[i], names[int(codes[i])]))[:k]
     return [(int(codes[i]), float(scores[i])) for i in ranked]
 
 

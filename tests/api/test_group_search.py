@@ -428,6 +428,14 @@ def test_group_sums_gathered_in_chunks_equal_one_pass(monkeypatch):
         for other in (chunked, shuffled):  # exact: the same bits in any order and any chunking
             assert np.array_equal(other.sums, whole.sums) and np.array_equal(other.noise_var, whole.noise_var)
         assert np.array_equal(chunked.counts, np.bincount(group_of, minlength=40))
+    # values near the 2³² limit: one int64 sum of their fixed-point values would overflow in a group of 10; the
+    # high/low split stays exact
+    huge = (np.sign(features) * 3.0e9).astype(np.float32)
+    one = groups._GroupSums.of(huge, rows, group_of, 40, sigmas, scales, False)
+    other = groups._GroupSums.of(huge, rows[order], group_of[order], 40, sigmas[order], scales[order], False)
+    expected = np.zeros((40, 4))
+    np.add.at(expected, group_of, huge[rows].astype(np.float64))
+    assert np.array_equal(one.sums, other.sums) and np.allclose(one.sums, expected, rtol=1e-12, atol=0)
     scorer = TrackScorer(np.full(4, 0.1), 0.15 * np.eye(4), 0.1 * np.eye(4))  # the scorer's rows are prepared in chunks too
     assert len(np.unique(whole.noise_var)) > 1  # several noise levels
     prepared = scorer.prepare(whole.sums / whole.counts[:, None], whole.noise_var, dtype=np.float32)
@@ -620,3 +628,50 @@ def test_a_warm_cache_and_a_cold_one_answer_the_same_bits(tmp_path):
                 assert [(h.key, h.item_ids, h.score) for h in answers[0][0]] == [(h.key, h.item_ids, h.score) for h in answers[1][0]]
                 assert answers[0][1] == answers[1][1] and (answers[0][0] or filters.min_score is not None)
     engine.dispose()
+
+
+def test_ties_at_the_kth_place_are_broken_by_key_whatever_the_numbering():
+    """Fifteen groups share the best score and k = 10: the ten with the smallest keys come back, in key order, however
+    the cache happened to number the groups (a warm replica and a cold one number them differently)."""
+    from app.services.groups import _top
+
+    rng = np.random.default_rng(9)
+    names = [f"p{i:02d}" for i in range(40)]
+    score_of = {name: (1.0 if i < 15 else float(rng.uniform(-1.0, 0.9))) for i, name in enumerate(names)}
+    for _ in range(20):
+        codes = rng.permutation(40)  # code -> name numbering differs from cache to cache
+        numbered = [names[c] for c in codes]
+        scores = np.array([score_of[n] for n in numbered])
+        for min_score in (None, 0.5):
+            top = _top(np.arange(40), scores, numbered, 10, min_score)
+            assert [numbered[c] for c, _ in top] == names[:10] and all(s == 1.0 for _, s in top)
+
+
+def test_large_groups_keep_their_exact_sums_for_rescoring():
+    """Hits are rescored from exact group sums. Groups of ``KEPT_SUM_MIN`` records or more keep theirs from the last
+    refresh (re-summing a 3,000-record subject on every search was slow); they equal a fresh sum to the bit, before and
+    after the group changes, and a group that shrinks below the threshold or empties keeps nothing."""
+    from app.services.groups import KEPT_SUM_MIN, _Records
+    from models.evaluation.likelihood import TrackScorer
+
+    dim = 6
+    scorer = TrackScorer(np.full(dim, 0.1), 0.6 / dim * np.eye(dim), 0.4 / dim * np.eye(dim))
+    rng = np.random.default_rng(12)
+    for used in (scorer, None):
+        records = _Records()
+        keys = ["big"] * (KEPT_SUM_MIN + 8) + ["small"] * 3 + ["other"] * KEPT_SUM_MIN
+        records._append(_fake_rows(0, keys, rng, dim))
+        for step in range(3):
+            table = records.scoring(used, True)
+            codes = table.live_codes()
+            sizes = dict(zip(codes.tolist(), records.group_sizes(codes).tolist(), strict=True))
+            assert set(table.large) == {c for c, n in sizes.items() if n >= KEPT_SUM_MIN}
+            kept, fresh = table.exact_sums(records, codes), records.sums_of(codes, used is not None)
+            for name in ("sums", "counts", "noise_var"):
+                assert np.array_equal(getattr(kept, name), getattr(fresh, name))
+            if step == 0:  # "big" grows, "other" loses records and falls below the threshold
+                records._append(_fake_rows(1000, ["big"] * 5, rng, dim))
+                records._drop(np.array(records.members[records.code_of["other"]][:5]))
+            elif step == 1:  # "big" is erased
+                records._drop(np.array(records.members[records.code_of["big"]]))
+        assert records.code_of["big"] not in table.large and records.code_of["other"] not in table.large
