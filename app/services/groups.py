@@ -183,10 +183,10 @@ class _GroupSums:
     """What a set of groups' scoring rows are made of: each group's feature sum (features first divided by their
     ``scales`` when a scorer will read them), record count and the per-coordinate noise variance of its mean.
 
-    Sums are integer sums of the features rounded to ``FIXED_POINT`` (2⁻³⁰ ≈ 1e-9, far below any score's precision),
-    kept as two int64 sums (high and low 32 bits of each value) so that no realistic gallery overflows them. A group's
-    sum then has the same bits however its records were loaded, chunked or grouped with others: two replicas (or a warm
-    and a cold cache) holding the same records score them alike."""
+    Sums are integer sums of the features rounded to ``FIXED_POINT`` (2⁻³⁰ ≈ 1e-9, far below any score's precision):
+    one int64 sum where no overflow is possible, else the high and low 32 bits of each value summed apart and put back
+    together exactly. A group's sum then has the same bits however its records were loaded, chunked or grouped with
+    others: two replicas (or a warm and a cold cache) holding the same records score them alike."""
 
     sums: np.ndarray  # [G, D] float64
     counts: np.ndarray  # [G]
@@ -194,15 +194,28 @@ class _GroupSums:
 
     @classmethod
     def of(
-        cls, features: np.ndarray, rows: np.ndarray, group_of: np.ndarray, groups: int, sigmas: np.ndarray, scales: np.ndarray, rescale: bool
+        cls,
+        features: np.ndarray,
+        rows: np.ndarray,
+        group_of: np.ndarray,
+        groups: int,
+        sigmas: np.ndarray,
+        scales: np.ndarray,
+        rescale: bool,
+        largest: float | None = None,
     ) -> _GroupSums:
-        """Sums of ``features[rows[i]]`` into group ``group_of[i]`` (each group's records in their given order), gathered
-        ``GATHER_CHUNK`` rows at a time; ``sigmas``/``scales`` are those of the selected records."""
+        """Sums of ``features[rows[i]]`` into group ``group_of[i]``, gathered ``GATHER_CHUNK`` rows at a time;
+        ``sigmas``/``scales`` are those of the selected records, ``largest`` bounds every |feature / scale| among them
+        (computed from them when not given)."""
         from scipy.sparse import csr_matrix
 
-        high = np.zeros((groups, features.shape[1]), dtype=np.int64)  # Σ ⌊v / 2³²⌋ of the fixed-point values v
-        low = np.zeros((groups, features.shape[1]), dtype=np.int64)  # Σ (v mod 2³²): both fit int64 up to 2³¹ records
-        floats = None  # a value of 2³² or more (absurd settings only) goes to float sums, order-dependent in the last bits
+        if largest is None:
+            largest = float(np.abs(features[rows]).max(initial=0.0)) / float(scales.min(initial=1.0))
+        dim = features.shape[1]
+        exact = largest < 2.0**32  # else (absurd settings only) float sums, whose last bits depend on the order
+        split = exact and largest * FIXED_POINT * rows.size >= 2.0**62  # one int64 sum could overflow: halves
+        whole = np.zeros((groups, dim), dtype=np.int64 if exact else np.float64)  # Σ v, or Σ (v mod 2³²) when split
+        high = np.zeros((groups, dim), dtype=np.int64) if split else None  # Σ ⌊v / 2³²⌋ when split
         for start in range(0, rows.size, GATHER_CHUNK):
             part = slice(start, start + GATHER_CHUNK)
             gathered = features[rows[part]].astype(np.float64)
@@ -210,19 +223,22 @@ class _GroupSums:
                 gathered /= scales[part, None]
             n = gathered.shape[0]
             members = csr_matrix((np.ones(n, dtype=np.int64), (group_of[part], np.arange(n))), shape=(groups, n))
-            if float(np.abs(gathered).max(initial=0.0)) < 2.0**32:
-                fixed = np.rint(np.multiply(gathered, FIXED_POINT, out=gathered), out=gathered).astype(np.int64)
+            if not exact:
+                whole += members.astype(np.float64) @ gathered
+                continue
+            fixed = np.rint(np.multiply(gathered, FIXED_POINT, out=gathered), out=gathered).astype(np.int64)
+            if high is not None:
                 high += members @ (fixed >> 32)
-                low += members @ (fixed & 0xFFFFFFFF)
-            else:
-                product = members.astype(np.float64) @ gathered
-                floats = product if floats is None else floats + product
-        sums = high.astype(np.float64)
-        sums *= 2.0**32
-        sums += low
-        sums /= FIXED_POINT
-        if floats is not None:
-            sums += floats
+                np.bitwise_and(fixed, 0xFFFFFFFF, out=fixed)
+            whole += members @ fixed
+        if high is None:
+            sums = whole.astype(np.float64)
+        else:  # the exact total high·2³² + low in int64 wherever it fits: then the very bits an unsplit sum gives
+            approx = high.astype(np.float64) * 2.0**32 + whole
+            fits = np.abs(approx) < 2.0**62
+            sums = np.where(fits, ((np.where(fits, high, 0) << 32) + np.where(fits, whole, 0)).astype(np.float64), approx)
+        if exact:
+            sums /= FIXED_POINT
         counts = np.bincount(group_of, minlength=groups).astype(np.float64)
         if not rescale:
             return cls(sums, counts, np.zeros(groups))
@@ -293,6 +309,7 @@ class _Records:
     names: list[str] = field(default_factory=list)  # group keys by code (append-only between renumberings)
     code_of: dict[str, int] = field(default_factory=dict)
     noisy: int = 0  # live records released with noise (σ > 0)
+    largest: float = 0.0  # a bound on |feature / scale| of every record loaded (never lowered)
     synced_seq: int | None = None  # the tenant's change-log head when the arrays last matched SQL
     scorings: list[_Scoring] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards all of the above (a whole search)
@@ -320,7 +337,7 @@ class _Records:
         assert self.features is not None
         positions = self.members_of(codes)
         group_of = np.repeat(np.arange(codes.size), self.group_sizes(codes))
-        return _GroupSums.of(self.features, positions, group_of, codes.size, self.sigmas[positions], self.scales[positions], rescale)
+        return _GroupSums.of(self.features, positions, group_of, codes.size, self.sigmas[positions], self.scales[positions], rescale, self.largest)
 
     def scoring(self, scorer: TrackScorer | None, split_sign: bool) -> _Scoring:
         """The (refreshed) scoring rows of every group for this way of scoring."""
@@ -478,6 +495,7 @@ class _Records:
         self.sigmas[start:end] = sigmas
         self.scales[start:end] = np.minimum(1.0, np.array([r[7] for r in rows], dtype=np.float64))
         self.features[start:end] = features
+        self.largest = max(self.largest, float(np.abs(features).max(initial=0.0)) / float(self.scales[start:end].min()))
         self.size = end
         for row, (item_id, code) in enumerate(zip(self.ids[start:end].tolist(), new_codes.tolist(), strict=True), start=start):
             self.row_of[item_id] = row
@@ -547,7 +565,7 @@ class GroupSearch:
             selected = _Selection(entry.ids[rows], entry.codes[rows], entry.cameras[rows], entry.times[rows], entry.names)
             assert entry.features is not None
             live, group_of = np.unique(selected.codes, return_inverse=True)
-            sums = _GroupSums.of(entry.features, rows, group_of, live.size, entry.sigmas[rows], entry.scales[rows], used is not None)
+            sums = _GroupSums.of(entry.features, rows, group_of, live.size, entry.sigmas[rows], entry.scales[rows], used is not None, entry.largest)
         # filtered: the kept groups' sums (not their records' features) are scored outside the lock
         grouped = Grouped(live, group_of, sums.rows(used, split_sign), used, split_sign)
         shortlist = _shortlist(grouped.scores(query), k, filters.min_score)

@@ -436,6 +436,11 @@ def test_group_sums_gathered_in_chunks_equal_one_pass(monkeypatch):
     expected = np.zeros((40, 4))
     np.add.at(expected, group_of, huge[rows].astype(np.float64))
     assert np.array_equal(one.sums, other.sums) and np.allclose(one.sums, expected, rtol=1e-12, atol=0)
+    # the same groups summed with a bound that forces the split, and with one that does not: the same bits
+    small = features * 1e3
+    unsplit = groups._GroupSums.of(small, rows, group_of, 40, sigmas, scales, True)
+    forced = groups._GroupSums.of(small, rows, group_of, 40, sigmas, scales, True, largest=2.0**31)
+    assert np.array_equal(unsplit.sums, forced.sums) and np.array_equal(unsplit.noise_var, forced.noise_var)
     scorer = TrackScorer(np.full(4, 0.1), 0.15 * np.eye(4), 0.1 * np.eye(4))  # the scorer's rows are prepared in chunks too
     assert len(np.unique(whole.noise_var)) > 1  # several noise levels
     prepared = scorer.prepare(whole.sums / whole.counts[:, None], whole.noise_var, dtype=np.float32)
