@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=InversionConfig.identity_weight,
         help="> 0: the inverter also matches the attacked encoder's feature of its reconstruction (white-box identity loss)",
     )
+    p.add_argument(
+        "--inversion-seed",
+        type=int,
+        default=InversionConfig.seed,
+        help="seed of the inverter's initialisation, order and training noise (another seed: another attacker run)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--max-ids", type=int, default=0, help="keep only N identities of each part of the split (quick runs, tests)")
     p.add_argument("--json", type=Path, required=True, help="write the table here (rewritten after every row)")
@@ -101,6 +107,17 @@ def judges_for(args: argparse.Namespace) -> tuple[list[Judge], list[str]]:
     return judges, files
 
 
+def inversion_config(args: argparse.Namespace) -> InversionConfig:
+    """The inverter's recipe from the command line (part of each cached row's key)."""
+    return InversionConfig(
+        epochs=args.inversion_epochs,
+        base_channels=args.inversion_width,
+        perceptual_weight=args.perceptual_weight,
+        identity_weight=args.identity_weight,
+        seed=args.inversion_seed,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -112,12 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     row_cache = None if args.no_row_cache else RowCache(args.cache_dir / "rows", context)
     images = SplitImages.load(args.data, max_ids=args.max_ids)
     cache = JudgeCache(judges)
-    inversion = InversionConfig(
-        epochs=args.inversion_epochs,
-        base_channels=args.inversion_width,
-        perceptual_weight=args.perceptual_weight,
-        identity_weight=args.identity_weight,
-    )
+    inversion = inversion_config(args)
     perceptual = None
     if "inversion" in args.attacks and args.perceptual_weight > 0:
         from models.attacks.inversion import PerceptualLoss

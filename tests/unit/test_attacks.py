@@ -169,3 +169,15 @@ def test_attack_table_goes_between_its_named_markers_and_a_file_without_them_is_
     with pytest.raises(ValueError, match="markers"):
         write_markdown(plain, out)
     assert plain.read_text() == "a page without markers\n"
+
+
+def test_the_inverter_seed_comes_from_the_command_line_and_keys_the_row_cache() -> None:
+    """``--inversion-seed`` gives another attacker run: its rows are cached apart from the default seed's."""
+    from models.attacks.suite import SuiteConfig, config_dict
+    from models.cli.attack import build_parser, inversion_config
+
+    parse = build_parser().parse_args
+    default = inversion_config(parse(["--data", "d", "--encoder", "a=a.pt", "--json", "o.json"]))
+    other = inversion_config(parse(["--data", "d", "--encoder", "a=a.pt", "--json", "o.json", "--inversion-seed", "3"]))
+    assert default.seed == 0 and other.seed == 3
+    assert config_dict(SuiteConfig([math.inf], inversion=default)) != config_dict(SuiteConfig([math.inf], inversion=other))
