@@ -482,6 +482,50 @@ def test_a_prune_between_reading_the_head_and_the_log_is_noticed(client, monkeyp
     assert len(calls) >= 2 and next(h for h in hits if h["track_ref"] == "tA")["item_ids"] == [ids[0]]
 
 
+def _one_tenant_database(path, **connect_args):
+    """A SQLite database with tenant 1 and its change-log head, as the service creates them: (engine, sessionmaker)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    from app.db.tables import Base, GalleryHead, Tenant
+
+    engine = create_engine(f"sqlite:///{path}", connect_args=connect_args)
+    Base.metadata.create_all(engine)
+    sessions = sessionmaker(engine)
+    with sessions() as session:
+        session.add(Tenant(id=1, name="groups"))
+        session.add(GalleryHead(tenant_id=1, seq=0, pruned_seq=0))
+        session.commit()
+    return engine, sessions
+
+
+def _add_track_records(session, track: str, features: np.ndarray, sigma: float, at, cameras: int) -> list[int]:
+    """Tenant 1's released records of one track (camera ``c{i % cameras}``), logged as the service logs them; ids."""
+    from sqlalchemy import insert
+
+    from app.db.tables import GalleryItem
+
+    rows = [
+        dict(tenant_id=1, camera_id=f"c{i % cameras}", captured_at=at, track_ref=track, feature=f.astype("<f4").tobytes(),
+             mechanism="gaussian", epsilon=32.0, delta=1e-5, sensitivity=2**0.5, sigma=sigma, clip_norm=1.0, noise_library="test")
+        for i, f in enumerate(features)
+    ]  # fmt: skip
+    ids = list(session.scalars(insert(GalleryItem).returning(GalleryItem.id), rows).all())
+    _log_changes(session, ids, "add", at)
+    return ids
+
+
+def _log_changes(session, item_ids, op: str, at) -> None:
+    """Tenant 1's change-log rows for ``item_ids`` and its head moved past them, in the caller's transaction."""
+    from sqlalchemy import insert, update
+
+    from app.db.tables import GalleryChange, GalleryHead
+
+    changes = [{"tenant_id": 1, "item_id": i, "op": op, "at": at} for i in item_ids]
+    seqs = session.scalars(insert(GalleryChange).returning(GalleryChange.seq), changes).all()
+    session.execute(update(GalleryHead).where(GalleryHead.tenant_id == 1).values(seq=max(seqs)))
+
+
 def test_concurrent_grouped_searches_during_writes_and_erasures_see_whole_tracks(tmp_path):
     """Searcher threads share one cache while a writer adds whole tracks and erases whole tracks, each in one
     transaction with its change-log rows (as the service writes them). Every answer lists complete tracks only, and
@@ -490,46 +534,30 @@ def test_concurrent_grouped_searches_during_writes_and_erasures_see_whole_tracks
     import time
     from datetime import UTC, datetime
 
-    from sqlalchemy import create_engine, delete, insert, select, update
-    from sqlalchemy.orm import sessionmaker
+    from sqlalchemy import delete, select
 
-    from app.db.tables import Base, GalleryChange, GalleryHead, GalleryItem, Tenant
+    from app.db.tables import GalleryItem
     from app.services.groups import GroupFilters, GroupSearch
     from models.evaluation.likelihood import TrackScorer
 
     dim, per_track = 8, 4
-    engine = create_engine(f"sqlite:///{tmp_path / 'groups.db'}", connect_args={"timeout": 30})
-    Base.metadata.create_all(engine)
-    sessions = sessionmaker(engine)
-    with sessions() as session:
-        session.add(Tenant(id=1, name="concurrent"))
-        session.add(GalleryHead(tenant_id=1, seq=0, pruned_seq=0))
-        session.commit()
+    engine, sessions = _one_tenant_database(tmp_path / "groups.db", timeout=30)
     rng = np.random.default_rng(11)
     now = datetime(2026, 11, 28, tzinfo=UTC)
 
-    def write(session, changes):
-        seqs = session.scalars(insert(GalleryChange).returning(GalleryChange.seq), changes).all()
-        session.execute(update(GalleryHead).where(GalleryHead.tenant_id == 1).values(seq=max(seqs)))
-        session.commit()
-
     def add_track(number: int) -> None:
-        features = (np.abs(rng.standard_normal((per_track, dim))) + rng.normal(0, 0.3, (per_track, dim))).astype("<f4")
-        rows = [
-            dict(tenant_id=1, camera_id=f"c{i}", captured_at=now, track_ref=f"t{number}", feature=f.tobytes(), mechanism="gaussian",
-                 epsilon=32.0, delta=1e-5, sensitivity=2**0.5, sigma=0.3, clip_norm=1.0, noise_library="test")
-            for i, f in enumerate(features)
-        ]  # fmt: skip
+        features = np.abs(rng.standard_normal((per_track, dim))) + rng.normal(0, 0.3, (per_track, dim))
         with sessions() as session:
-            ids = session.scalars(insert(GalleryItem).returning(GalleryItem.id), rows).all()
-            write(session, [{"tenant_id": 1, "item_id": i, "op": "add", "at": now} for i in ids])
+            _add_track_records(session, f"t{number}", features, 0.3, now, cameras=per_track)
+            session.commit()
 
     def erase_track(number: int) -> None:
         with sessions() as session:
             ids = session.scalars(select(GalleryItem.id).where(GalleryItem.track_ref == f"t{number}")).all()
             if ids:
                 session.execute(delete(GalleryItem).where(GalleryItem.id.in_(ids)))
-                write(session, [{"tenant_id": 1, "item_id": i, "op": "del", "at": now} for i in ids])
+                _log_changes(session, ids, "del", now)
+                session.commit()
 
     for number in range(40):
         add_track(number)
@@ -577,38 +605,22 @@ def test_a_warm_cache_and_a_cold_one_answer_the_same_bits(tmp_path):
     exactly: every answer, with and without filters, by likelihood and by cosine, is the same keys, items and score bits."""
     from datetime import UTC, datetime
 
-    from sqlalchemy import create_engine, delete, insert, select, update
-    from sqlalchemy.orm import sessionmaker
+    from sqlalchemy import delete, select
 
-    from app.db.tables import Base, GalleryChange, GalleryHead, GalleryItem, Tenant
+    from app.db.tables import GalleryItem
     from app.services.groups import GroupFilters, GroupSearch
     from models.evaluation.likelihood import TrackScorer
 
     dim, per_track = 96, 3
-    engine = create_engine(f"sqlite:///{tmp_path / 'bits.db'}")
-    Base.metadata.create_all(engine)
-    sessions = sessionmaker(engine)
-    with sessions() as session:
-        session.add(Tenant(id=1, name="bits"))
-        session.add(GalleryHead(tenant_id=1, seq=0, pruned_seq=0))
-        session.commit()
+    engine, sessions = _one_tenant_database(tmp_path / "bits.db")
     rng = np.random.default_rng(3)
     now = datetime(2026, 11, 28, tzinfo=UTC)
 
-    def log(session, ids, op):
-        changes = [{"tenant_id": 1, "item_id": i, "op": op, "at": now} for i in ids]
-        seqs = session.scalars(insert(GalleryChange).returning(GalleryChange.seq), changes).all()
-        session.execute(update(GalleryHead).where(GalleryHead.tenant_id == 1).values(seq=max(seqs)))
-
     def add_tracks(numbers):
-        rows = [
-            dict(tenant_id=1, camera_id=f"c{i % 2}", captured_at=now, track_ref=f"t{n}", feature=f.tobytes(), mechanism="gaussian",
-                 epsilon=32.0, delta=1e-5, sensitivity=2**0.5, sigma=0.29, clip_norm=1.0, noise_library="test")
-            for n in numbers
-            for i, f in enumerate((np.abs(rng.standard_normal((per_track, dim))) * 0.1 + rng.normal(0, 0.29, (per_track, dim))).astype("<f4"))
-        ]  # fmt: skip
         with sessions() as session:
-            log(session, session.scalars(insert(GalleryItem).returning(GalleryItem.id), rows).all(), "add")
+            for n in numbers:
+                features = np.abs(rng.standard_normal((per_track, dim))) * 0.1 + rng.normal(0, 0.29, (per_track, dim))
+                _add_track_records(session, f"t{n}", features, 0.29, now, cameras=2)
             session.commit()
 
     a = rng.standard_normal((dim, dim)) / dim
@@ -622,7 +634,7 @@ def test_a_warm_cache_and_a_cold_one_answer_the_same_bits(tmp_path):
     with sessions() as session:  # erase 73 tracks, then add 91 more: the warm cache keeps dead rows and codes
         erased = session.scalars(select(GalleryItem.id).where(GalleryItem.track_ref.in_([f"t{n}" for n in range(0, 700, 9)]))).all()
         session.execute(delete(GalleryItem).where(GalleryItem.id.in_(erased)))
-        log(session, erased, "del")
+        _log_changes(session, erased, "del", now)
         session.commit()
     add_tracks(range(700, 791))
     cold = GroupSearch()
