@@ -158,8 +158,7 @@ class _Scoring:
         summed = records.sums_of(codes[~kept], self.scorer is not None)
         if not kept.any():
             return summed
-        dim = summed.sums.shape[1] if summed.sums.size else next(iter(self.large.values()))[0].shape[0]
-        sums, counts, noise_var = np.empty((codes.size, dim)), np.empty(codes.size), np.empty(codes.size)
+        sums, counts, noise_var = np.empty((codes.size, summed.sums.shape[1])), np.empty(codes.size), np.empty(codes.size)
         sums[~kept], counts[~kept], noise_var[~kept] = summed.sums, summed.counts, summed.noise_var
         for i in np.flatnonzero(kept).tolist():
             sums[i], counts[i], noise_var[i] = self.large[int(codes[i])]
