@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=3, help="noise draws per ε (at least 3 for the published table)")
     p.add_argument("--no-attacker", action="store_true", help="skip the ID-accuracy attacker (faster)")
     p.add_argument("--no-tracks", action="store_true", help="skip the track-level rows (grouping: track)")
+    p.add_argument("--pooled-tracks", action="store_true", help="add pooled_track rows: each track released as one noisy mean (σ/n)")
     p.add_argument("--plot", type=Path, help="PNG: mAP and ID accuracy against ε")
     p.add_argument("--markdown", type=Path, help="Markdown file: the table replaces the one between its privacy-table markers")
     p.add_argument("--calibration", type=Path, help="write the service's calibration file for --checkpoint here")
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             args.draws,
             attack=not args.no_attacker,
             tracks=not args.no_tracks,
+            pooled=args.pooled_tracks,
             scoring=scoring,
         )
     payload = {

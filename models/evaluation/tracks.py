@@ -31,6 +31,29 @@ def track_vectors(records: np.ndarray, track_index: np.ndarray, num_tracks: int)
     return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def pooled_releases(
+    features: np.ndarray, track_index: np.ndarray, num_tracks: int, epsilon: float, delta: float, seed: int, domain: str = "signed"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each track's crops released as one noisy mean, as the service does for a track enrolled in one request
+    (``GaussianMechanism.release_pooled``: σ/n, the same (ε, δ) per crop). Returns the releases [T, D] and the noise
+    variance of each; seeded (offline tables only)."""
+    import torch
+
+    from models.privacy.mechanism import GaussianMechanism, PrivacyPolicy
+
+    policy = PrivacyPolicy(epsilon=epsilon, delta=delta, domain=domain)
+    mechanism = GaussianMechanism(seed=seed)
+    members = np.argsort(track_index, kind="stable")
+    bounds = np.searchsorted(track_index[members], np.arange(num_tracks + 1))
+    releases = np.empty((num_tracks, features.shape[1]), dtype=np.float32)
+    noise_var = np.empty(num_tracks)
+    for t in range(num_tracks):
+        rows = torch.from_numpy(np.ascontiguousarray(features[members[bounds[t] : bounds[t + 1]]]))
+        released, params = mechanism.release_pooled(rows, policy)
+        releases[t], noise_var[t] = released.numpy()[0], params.sigma**2
+    return releases, noise_var
+
+
 def evaluate_tracks(
     query: np.ndarray,
     records: np.ndarray,

@@ -7,7 +7,9 @@ and a linkage attack (rank-1 of protected gallery records matched against each o
 across cameras). Every row says its ``grouping``: ``record`` rows match queries against single
 released records; ``track`` rows (same noise draws) match them against the normalised mean of
 each track's released records, a track being one identity's gallery crops in one camera — what
-the service's ``group_by=track_ref`` search does (``models/evaluation/tracks.py``).
+the service's ``group_by=track_ref`` search does (``models/evaluation/tracks.py``). ``pooled_track`` rows
+(``pooled=True``) release each track's crops as one noisy mean instead (σ/n, the same ε per crop: what the service
+stores for a track enrolled in one request under ``pool_tracks``) and attack those releases too.
 The CLI writes JSON, optionally a calibration file, a PNG plot and a Markdown table.
 """
 
@@ -25,7 +27,7 @@ import torch
 from models.evaluation import cosine_distance, evaluate_rankings
 from models.evaluation.attack import id_accuracy
 from models.evaluation.likelihood import TrackScorer, signed_features
-from models.evaluation.tracks import evaluate_tracks
+from models.evaluation.tracks import evaluate_tracks, group_tracks, pooled_releases
 from models.markdown import replace_between_markers
 from models.privacy.mechanism import GaussianMechanism, PrivacyPolicy
 
@@ -75,6 +77,10 @@ GROUPINGS = {
         "clean queries against the mean of each track's released records (a track: one identity in one camera), scored as the "
         "service does: the encoder's noise-aware likelihood ratio on noisy records where it has one, else cosine to the normalised mean"
     ),
+    "pooled_track": (
+        "clean queries against tracks whose crops were released as one noisy mean (sigma/n for n crops, the same epsilon per crop: "
+        "the service's pool_tracks, a track enrolled in one request), scored as track rows; the attacks run on those releases"
+    ),
 }
 
 
@@ -90,6 +96,7 @@ def curve_for(
     attack: bool,
     *,
     tracks: bool = False,
+    pooled: bool = False,
     scoring: Scoring | None = None,
 ) -> list[dict[str, Any]]:
     """Rows per ε: ``grouping: record`` ones, then (``tracks``) ``grouping: track`` ones from the same noise draws.
@@ -97,8 +104,10 @@ def curve_for(
     ``scoring`` makes the rows what the service does with that encoder (sensitivity of its domain, the signed
     comparison of split-sign features, the noise-aware track scorer on noisy records)."""
     scoring = scoring or Scoring()
-    rows, track_rows = [], []
+    rows, track_rows, pooled_rows = [], [], []
     for epsilon in epsilons:
+        if pooled:
+            pooled_rows.append(_pooled_row(features, epsilon, delta, draws, attack, scoring))
         samples: dict[str, list[float]] = {
             "rank1": [],
             "rank5": [],
@@ -108,6 +117,8 @@ def curve_for(
             "linkage_rank1_likelihood": [],
         }
         track_samples: dict[str, list[float]] = {"rank1": [], "rank5": [], "mAP": []}
+        if pooled:  # the baseline of the pooled rows' attacks: the same attacks on the track means a thief can form
+            track_samples.update({"id_acc_linear": [], "linkage_rank1": [], "linkage_rank1_likelihood": []})
         track_shape: dict[str, float] = {}
         sigma = 0.0
         for draw in range(1 if math.isinf(epsilon) else draws):
@@ -130,8 +141,16 @@ def curve_for(
                     grouped = evaluate_tracks(features["qf"], noisy, *labels, scorer=scoring.track_scorer, sigma=sigma)
                 else:
                     grouped = evaluate_tracks(query, signed_records, *labels)
-                for key in track_samples:
+                for key in ("rank1", "rank5", "mAP"):
                     track_samples[key].append(grouped[key])
+                if pooled:
+                    index, t_pids, t_cams = group_tracks(features["g_pids"], features["g_cams"])
+                    counts = np.bincount(index, minlength=len(t_pids)).astype(np.float64)
+                    means = np.zeros((len(t_pids), noisy.shape[1]))
+                    np.add.at(means, index, noisy.astype(np.float64))
+                    means /= counts[:, None]
+                    for key, value in _attacks(means, sigma**2 / counts, t_pids, t_cams, features, attack, scoring).items():
+                        track_samples[key].append(value)
                 track_shape = {"num_tracks": grouped["num_tracks"], "mean_track_size": grouped["mean_track_size"]}
         eps_out = "inf" if math.isinf(epsilon) else epsilon
         row: dict[str, Any] = {"epsilon": eps_out, "grouping": "record", "delta": delta, "sigma": sigma, "draws": len(samples["rank1"])}
@@ -141,11 +160,56 @@ def curve_for(
         if tracks:
             track_row: dict[str, Any] = {"epsilon": eps_out, "grouping": "track", "delta": delta, "sigma": sigma}
             track_row["draws"] = len(track_samples["rank1"])
-            track_row.update({key: _summary(values) for key, values in track_samples.items()})
+            track_row.update({key: _summary(values) for key, values in track_samples.items() if values})
             track_row.update(track_shape)
             track_rows.append(track_row)
             log.info("eps=%s sigma=%.4f track rank1=%.4f mAP=%.4f", eps_out, sigma, track_row["rank1"]["mean"], track_row["mAP"]["mean"])
-    return rows + track_rows
+    return rows + track_rows + pooled_rows
+
+
+def _pooled_row(features: dict[str, np.ndarray], epsilon: float, delta: float, draws: int, attack: bool, scoring: Scoring) -> dict[str, Any]:
+    """One ``pooled_track`` row: search quality and the attacks (ID accuracy trained on the releases, linkage of
+    releases across cameras) on each track released as one noisy mean."""
+    index, t_pids, t_cams = group_tracks(features["g_pids"], features["g_cams"])
+    samples: dict[str, list[float]] = {key: [] for key in ("rank1", "rank5", "mAP", "id_acc_linear", "linkage_rank1", "linkage_rank1_likelihood")}
+    record_sigma = 0.0
+    for draw in range(1 if math.isinf(epsilon) else draws):
+        releases, noise_var = pooled_releases(features["gf"], index, len(t_pids), epsilon, delta, seed=5000 + draw, domain=scoring.domain)
+        record_sigma = PrivacyPolicy(epsilon=epsilon, delta=delta, domain=scoring.domain).parameters().sigma
+        if scoring.track_scorer is not None and not math.isinf(epsilon):
+            distances = -scoring.track_scorer.scores(features["qf"], releases, noise_var)
+        else:
+            distances = cosine_distance(_signed(features["qf"], scoring), _signed(releases, scoring))
+        ranking = evaluate_rankings(distances, features["q_pids"], t_pids, features["q_cams"], t_cams)
+        for key in ("rank1", "rank5", "mAP"):
+            samples[key].append(ranking[key])
+        for key, value in _attacks(releases, noise_var, t_pids, t_cams, features, attack, scoring).items():
+            samples[key].append(value)
+    row: dict[str, Any] = {"epsilon": "inf" if math.isinf(epsilon) else epsilon, "grouping": "pooled_track", "delta": delta, "sigma": record_sigma}
+    row["draws"] = len(samples["rank1"])
+    row.update({key: _summary(values) for key, values in samples.items() if values})
+    row.update({"num_tracks": len(t_pids), "mean_track_size": float(len(index) / len(t_pids))})
+    log.info("eps=%s pooled track rank1=%.4f mAP=%.4f", row["epsilon"], row["rank1"]["mean"], row["mAP"]["mean"])
+    return row
+
+
+def _attacks(
+    tracks: np.ndarray, noise_var: np.ndarray, t_pids: np.ndarray, t_cams: np.ndarray, features: dict[str, np.ndarray], attack: bool, scoring: Scoring
+) -> dict[str, float]:
+    """The feature-using attacks on one release of each track (a pooled release, or the mean of its records): the ID
+    probe trained on them, and linkage of tracks across cameras by cosine and (noisy, with a scorer) by likelihood."""
+    out: dict[str, float] = {}
+    if attack:
+        out["id_acc_linear"] = id_accuracy(tracks, t_pids, features["qf"], features["q_pids"], kind="linear")
+    out["linkage_rank1"] = linkage_rank1(_signed(tracks, scoring), t_pids, t_cams)
+    if scoring.track_scorer is not None and bool((noise_var > 0).all()):
+        parts = np.array_split(np.arange(len(tracks)), 8)
+        link = -np.concatenate(
+            [scoring.track_scorer.scores(tracks[part], tracks, noise_var, query_noise_var=float(noise_var[part].mean())) for part in parts]
+        )
+        np.fill_diagonal(link, np.inf)
+        out["linkage_rank1_likelihood"] = float(evaluate_rankings(link, t_pids, t_pids, t_cams, t_cams)["rank1"])
+    return out
 
 
 def _fmt(cell: dict[str, float] | None) -> str:
@@ -196,4 +260,7 @@ def calibration(checkpoint_sha256: str | None, data_name: str, delta: float, dra
     track_points = [keep(r) for r in rows if r.get("grouping") == "track"]
     if track_points:
         payload["track_points"] = track_points
+    pooled_points = [keep(r) for r in rows if r.get("grouping") == "pooled_track"]
+    if pooled_points:
+        payload["pooled_track_points"] = pooled_points
     return payload

@@ -9,6 +9,11 @@ drawn independently per dimension and per record from a cryptographically secure
 (see :mod:`models.privacy.noise`: a ChaCha20 keystream under a fresh key from the operating
 system for every release, turned into Gaussians by Box–Muller in float64). Clipping, noise
 and their sum are computed in float64; the result is cast to float32 at the end.
+
+``release_pooled`` releases the *mean* of n clipped features of one track instead (the DP mean): replacing one of
+them moves the mean by at most Δ/n, so noise σ/n gives every record the same (ε, δ) as a release of its own, and the
+mean carries n times less noise instead of √n times less. What weakens is the guarantee for the whole track (all n
+records changed): μ = n·Δ/σ instead of √n·Δ/σ for n separate releases (``NoiseParameters.group_mu``).
 """
 
 from __future__ import annotations
@@ -47,11 +52,17 @@ class NoiseParameters:
     sigma: float
     clip_norm: float
     library: str
+    pooled: int = 1  # records whose mean this release is (1: one record's feature)
 
     @property
     def mu(self) -> float:
-        """μ-GDP parameter of this release (Δ/σ); inf without noise."""
+        """μ-GDP parameter of this release for any one of its records (Δ/σ); inf without noise."""
         return math.inf if self.sigma == 0 else self.sensitivity / self.sigma
+
+    @property
+    def group_mu(self) -> float:
+        """μ-GDP parameter for all of its records together (one subject's or track's): ``pooled`` × μ."""
+        return self.pooled * self.mu
 
     def as_dict(self) -> dict[str, float | str]:
         return asdict(self)
@@ -79,16 +90,21 @@ class PrivacyPolicy:
     def sensitivity(self) -> float:
         return sensitivity_for(self.domain, self.clip_norm)
 
-    def parameters(self) -> NoiseParameters:
-        sigma = gaussian_sigma(self.epsilon, self.delta, self.sensitivity)
+    def parameters(self, pooled: int = 1) -> NoiseParameters:
+        """The release of one record (``pooled`` = 1) or of the mean of ``pooled`` records: sensitivity Δ/n, σ/n."""
+        if pooled < 1:
+            raise ValueError("pooled must be at least 1")
+        sensitivity = self.sensitivity / pooled
+        sigma = gaussian_sigma(self.epsilon, self.delta, sensitivity)
         return NoiseParameters(
             mechanism=MECHANISM_NAME if sigma > 0 else "none",
             epsilon=self.epsilon,
             delta=self.delta,
-            sensitivity=self.sensitivity,
+            sensitivity=sensitivity,
             sigma=sigma,
             clip_norm=self.clip_norm,
             library=f"reid-gallery models.privacy (scipy {scipy.__version__}); noise: {NOISE_SOURCE}",
+            pooled=pooled,
         )
 
 
@@ -125,17 +141,34 @@ class GaussianMechanism:
             index, self._releases = self._releases, self._releases + 1
         return NoiseStream.from_seed(self._seed, index)
 
-    def release(self, features: torch.Tensor, policy: PrivacyPolicy) -> tuple[torch.Tensor, NoiseParameters]:
-        """Clip each row to C (after zeroing negative coordinates in the non-negative domain) and add independent
-        N(0, σ²) noise to every coordinate (float64, cast to float32)."""
-        if features.ndim != 2:
-            raise ValueError("features must be a [N, D] batch")
-        params = policy.parameters()
+    def _parameters(self, policy: PrivacyPolicy, pooled: int = 1) -> NoiseParameters:
+        params = policy.parameters(pooled)
         if self._seed is not None:
             params = dataclasses_replace(params, library=params.library.replace(NOISE_SOURCE, SEEDED_SOURCE))
+        return params
+
+    @staticmethod
+    def _clipped(features: torch.Tensor, policy: PrivacyPolicy) -> np.ndarray:
+        if features.ndim != 2:
+            raise ValueError("features must be a [N, D] batch")
         rows = features.detach().to("cpu", torch.float64)
         if policy.domain == "nonnegative":
             rows = rows.clamp_min(0.0)
-        clipped = clip_rows(rows, policy.clip_norm).numpy()
+        return clip_rows(rows, policy.clip_norm).numpy()
+
+    def release(self, features: torch.Tensor, policy: PrivacyPolicy) -> tuple[torch.Tensor, NoiseParameters]:
+        """Clip each row to C (after zeroing negative coordinates in the non-negative domain) and add independent
+        N(0, σ²) noise to every coordinate (float64, cast to float32)."""
+        params = self._parameters(policy)
+        clipped = self._clipped(features, policy)
         released = clipped if params.sigma == 0 else clipped + params.sigma * self._stream().gaussian(clipped.shape)
+        return torch.from_numpy(released.astype(np.float32)).to(features.device), params
+
+    def release_pooled(self, features: torch.Tensor, policy: PrivacyPolicy) -> tuple[torch.Tensor, NoiseParameters]:
+        """One release of the mean of the n rows (clipped as in ``release``): sensitivity Δ/n, so noise σ/n gives each
+        row the policy's (ε, δ). Returns a [1, D] float32 row."""
+        clipped = self._clipped(features, policy)
+        params = self._parameters(policy, pooled=int(clipped.shape[0]))
+        mean = clipped.mean(axis=0, keepdims=True)
+        released = mean if params.sigma == 0 else mean + params.sigma * self._stream().gaussian(mean.shape)
         return torch.from_numpy(released.astype(np.float32)).to(features.device), params

@@ -95,6 +95,33 @@ def test_two_releases_differ_and_only_the_seed_hook_repeats():
     assert torch.equal(s1, s2)
 
 
+@pytest.mark.parametrize("domain", ["signed", "nonnegative"])
+def test_a_pooled_release_is_the_clipped_mean_with_n_times_less_noise_and_the_same_epsilon_per_record(domain):
+    """The DP mean: replacing one of n clipped rows moves their mean by at most Δ/n (checked on adversarial pairs), so
+    σ/n gives each row the policy's (ε, δ); the release is the mean of the clipped rows plus N(0, (σ/n)²) noise."""
+    policy = PrivacyPolicy(epsilon=8.0, delta=1e-5, domain=domain)
+    single, pooled = policy.parameters(), policy.parameters(pooled=4)
+    assert pooled.pooled == 4 and math.isclose(pooled.sensitivity, single.sensitivity / 4) and math.isclose(pooled.sigma, single.sigma / 4)
+    assert math.isclose(pooled.mu, single.mu) and math.isclose(pooled.group_mu, 4 * single.mu) and single.group_mu == single.mu
+    with pytest.raises(ValueError):
+        policy.parameters(pooled=0)
+    rows = torch.rand(4, 32) * 3  # norms above C: clipped first
+    if domain == "signed":
+        rows -= 1.5
+    mechanism = GaussianMechanism()
+    clean = mechanism._clipped(rows, policy).mean(axis=0)
+    draws = np.stack([mechanism.release_pooled(rows, policy)[0].double().numpy()[0] for _ in range(3000)])
+    noise = draws - clean
+    assert abs(noise.mean()) < 5 * pooled.sigma / math.sqrt(noise.size)
+    assert noise.std() == pytest.approx(pooled.sigma, rel=0.02)
+    # the sensitivity claim, at the worst replacement of one row: the antipode (signed), or a row of disjoint support
+    # (non-negative); every clipped row has norm C = 1 here
+    first = torch.cat([torch.rand(1, 16) + 0.5, torch.zeros(1, 16)], dim=1)
+    worst = -first if domain == "signed" else torch.flip(first, dims=[1])
+    before, after = (mechanism._clipped(torch.cat([row, rows[1:]]), policy).mean(axis=0) for row in (first, worst))
+    assert math.isclose(float(np.linalg.norm(after - before)), pooled.sensitivity, rel_tol=1e-9)
+
+
 def test_clipping_bounds_the_norm_and_inf_adds_nothing():
     x = torch.randn(8, 16) * 10
     out, params = GaussianMechanism().release(x, PrivacyPolicy(epsilon=math.inf, clip_norm=1.0))
@@ -162,4 +189,23 @@ def test_privacy_curve_track_rows_and_calibration_groupings():
     assert track["mAP"]["mean"] > rows[0]["mAP"]["mean"]
     payload = calibration("x", "toy", 1e-5, 2, rows)
     assert [p["grouping"] for p in payload["points"]] == ["record", "record"]
-    assert [p["grouping"] for p in payload["track_points"]] == ["track", "track"] and set(payload["groupings"]) == {"record", "track"}
+    assert [p["grouping"] for p in payload["track_points"]] == ["track", "track"]
+    assert set(payload["groupings"]) == {"record", "track", "pooled_track"} and "pooled_track_points" not in payload
+
+
+def test_privacy_curve_pooled_track_rows_release_each_track_once_and_are_attacked():
+    from models.privacy.curve import calibration, curve_for
+
+    feats = toy_split(seed=1, ids=8, per_id=6, spread=0.3, g_cams=[0, 0, 0, 1, 1, 1])
+    rows = curve_for(feats, [4.0, math.inf], 1e-5, draws=3, attack=True, tracks=True, pooled=True)
+    assert [(r["grouping"], r["epsilon"]) for r in rows][-2:] == [("pooled_track", 4.0), ("pooled_track", "inf")]
+    record, track, pooled = rows[0], rows[2], rows[4]
+    assert pooled["num_tracks"] == 16 and pooled["mean_track_size"] == 3.0 and pooled["sigma"] == record["sigma"] and pooled["draws"] == 3
+    assert {"id_acc_linear", "linkage_rank1"} <= set(pooled)
+    # a track's mean released at σ/3 instead of three records at σ each: better search, and a stronger attacker
+    assert pooled["mAP"]["mean"] > track["mAP"]["mean"]
+    assert pooled["linkage_rank1"]["mean"] >= record["linkage_rank1"]["mean"]
+    # without noise a pooled track is the mean of its clipped crops: the same ranking as averaging them
+    assert math.isclose(rows[5]["mAP"]["mean"], rows[3]["mAP"]["mean"], rel_tol=1e-6)
+    payload = calibration("x", "toy", 1e-5, 3, rows)
+    assert [p["grouping"] for p in payload["pooled_track_points"]] == ["pooled_track", "pooled_track"]
