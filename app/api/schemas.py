@@ -13,7 +13,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema, field_validator, model_validator
 
 from app.db.tables import TRACK_BUDGET_PREFIX
 
@@ -194,6 +194,8 @@ class NoiseOut(BaseModel):
     sigma: float
     clip_norm: float
     library: str
+    pooled: int = Field(1, description="crops whose mean this release is: 1, or n for a pooled track (sensitivity Δ/n, σ/n)")
+    release_id: int | None = Field(None, description="a pooled release's first item: all its items share it, and are erased together")
 
 
 _NOISE_EXAMPLE: Any = NoiseOut.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index]
@@ -210,11 +212,23 @@ _ITEM_EXAMPLE: dict[str, Any] = {
 }
 
 
+class PooledReleaseOut(BaseModel):
+    """One track's crops of this enrollment, released as one noisy mean (the tenant policy's ``pool_tracks``)."""
+
+    item_ids: list[int]
+    track_ref: str
+    subject_ref: str | None
+    noise: NoiseOut
+
+
 class EnrollOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"ids": [42, 43], "count": 2, "noise": _NOISE_EXAMPLE, "warning": None}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ids": [42, 43], "count": 2, "noise": _NOISE_EXAMPLE, "pooled": [], "warning": None}]})
     ids: list[int]
     count: int
-    noise: NoiseOut
+    noise: NoiseOut = Field(description="the release of a crop on its own (and the per-record (ε, δ) of every crop)")
+    pooled: list[PooledReleaseOut] = Field(
+        default_factory=list, description="tracks whose crops of this request were released as one noisy mean; the other crops alone"
+    )
     warning: str | None = None
 
 
@@ -250,6 +264,8 @@ class ItemOut(BaseModel):
                 sigma=row.sigma,
                 clip_norm=row.clip_norm,
                 library=row.noise_library,
+                pooled=row.pooled,
+                release_id=row.release_id,
             ),
         )
 
@@ -416,6 +432,13 @@ class PolicyIn(StrictIn):
     subject_delta: Annotated[Delta | None, optional({"type": "number", "minimum": DELTA_MIN, "exclusiveMaximum": 1}), BeforeValidator(not_null)] = (
         Field(None, description="δ of the per-subject budget (needs subject_epsilon; default: delta)")
     )
+    pool_tracks: StrictBool = Field(
+        True,
+        description=(
+            "release the crops of one track sent in one enrollment as one noisy mean: each crop keeps this (ε, δ), the mean "
+            "has n times less noise instead of √n, and the track as a whole gets μ = n·Δ/σ instead of √n·Δ/σ"
+        ),
+    )
 
     @model_validator(mode="after")
     def _subject_delta_needs_epsilon(self) -> PolicyIn:
@@ -436,6 +459,7 @@ class PolicyOut(BaseModel):
                     "sigma": 0.62,
                     "subject_epsilon": None,
                     "subject_delta": None,
+                    "pool_tracks": True,
                     "noise": True,
                     "warning": None,
                 }
@@ -449,6 +473,7 @@ class PolicyOut(BaseModel):
     sigma: float
     subject_epsilon: float | None
     subject_delta: float | None
+    pool_tracks: bool
     noise: bool
     warning: str | None = None
 
@@ -531,8 +556,12 @@ class AuditOut(BaseModel):
 
 class TradeoffPoint(BaseModel):
     epsilon: float
-    grouping: Literal["record", "track"] = Field(
-        "record", description="record: per-record search; track: track search (group_by=track_ref, each track's records averaged)"
+    grouping: Literal["record", "track", "pooled_track"] = Field(
+        "record",
+        description=(
+            "record: per-record search; track: track search (group_by=track_ref, each track's records averaged); pooled_track: "
+            "track search where each track's crops were enrolled in one request and released as one noisy mean (pool_tracks)"
+        ),
     )
     delta: float
     sigma: float
@@ -604,6 +633,10 @@ class TradeoffOut(BaseModel):
     )
     track_no_noise: dict[str, float] | None = Field(None, description="track-search figures without noise (ε = inf), when calibrated")
     track_mean_size: float | None = Field(None, description="mean records per track on the calibration split")
+    pooled_track_points: list[TradeoffPoint] = Field(
+        default_factory=list, description="track search of pooled releases (grouping: pooled_track); empty when not calibrated"
+    )
+    pooled_track_no_noise: dict[str, float] | None = Field(None, description="pooled-track figures without noise (ε = inf), when calibrated")
 
 
 class ModelOut(BaseModel):

@@ -5,7 +5,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Float, ForeignKey, Index, Integer, LargeBinary, String, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 TRACK_BUDGET_PREFIX = "track:"  # a subject_budgets key: this + a track_ref, for a track without a subject
@@ -73,6 +88,8 @@ class PrivacyPolicyRow(Base):
     clip_norm: Mapped[float] = mapped_column(Float, default=1.0)
     subject_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
     subject_delta: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Crops of one track sent in one enrollment are released as one noisy mean (each crop keeps the per-record (ε, δ)).
+    pool_tracks: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
@@ -97,6 +114,7 @@ class GalleryItem(Base):
         Index("ix_gallery_tenant_subject", "tenant_id", "subject_ref"),
         Index("ix_gallery_tenant_captured", "tenant_id", "captured_at"),
         Index("ix_gallery_tenant_created", "tenant_id", "created_at"),
+        Index("ix_gallery_tenant_release", "tenant_id", "release_id"),
         {"sqlite_autoincrement": True},  # never reuse an erased item's id
     )
 
@@ -117,6 +135,10 @@ class GalleryItem(Base):
     clip_norm: Mapped[float] = mapped_column(Float)
     noise_library: Mapped[str] = mapped_column(String(200))
     model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A pooled release (the noisy mean of ``pooled`` crops of one track) is stored on each of its items; ``release_id``
+    # is the first item's id, shared by all of them (NULL for a record released alone). Erasing one erases them all.
+    pooled: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    release_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 

@@ -31,6 +31,10 @@ GROUPINGS = {
         "track search (group_by=track_ref): clean queries against the mean of each track's released records, scored as the "
         "service scores them (the encoder's noise-aware likelihood ratio where it has one, else cosine)"
     ),
+    "pooled_track": (
+        "track search where each track's crops were enrolled in one request and released as one noisy mean (the policy's "
+        "pool_tracks: sigma/n for n crops, the same epsilon per crop), scored as track search"
+    ),
 }
 
 
@@ -75,14 +79,23 @@ def expected_utility(
     Outside the calibrated ε range nothing is extrapolated: the figures are null and ``within_calibration`` is false.
     Figures other than rank-1 and mAP that the calibration file holds (e.g. attack success) are passed on in ``extra``.
     Every point says its ``grouping``: ``points`` are per-record search (every calibration file has them; files written
-    before groupings existed are per-record), ``track_points`` track search (empty when the file has no track rows).
+    before groupings existed are per-record), ``track_points`` track search (empty when the file has no track rows),
+    ``pooled_track_points`` track search of pooled releases (empty when the file has none).
     """
     if calibration is None:
-        return {"available": False, "reason": "no calibration file beside the encoder checkpoint", "points": [], "track_points": []}
+        return {
+            "available": False,
+            "reason": "no calibration file beside the encoder checkpoint",
+            "points": [],
+            "track_points": [],
+            "pooled_track_points": [],
+        }
     record_rows = [p for p in calibration["points"] if p.get("grouping", "record") == "record"]
     track_rows = [p for p in calibration.get("track_points", []) if p.get("grouping", "track") == "track"]
     record = _points(record_rows, epsilons, delta=delta, clip_norm=clip_norm, grouping="record", domain=domain)
     track = _points(track_rows, epsilons, delta=delta, clip_norm=clip_norm, grouping="track", domain=domain) if track_rows else None
+    pooled_rows = calibration.get("pooled_track_points", [])
+    pooled = _points(pooled_rows, epsilons, delta=delta, clip_norm=clip_norm, grouping="pooled_track", domain=domain) if pooled_rows else None
     return {
         "available": True,
         "calibrated_delta": calibration.get("delta"),
@@ -96,4 +109,6 @@ def expected_utility(
         "track_points": track["points"] if track else [],
         "track_no_noise": track["no_noise"] if track else None,
         "track_mean_size": next((float(p["mean_track_size"]) for p in track_rows if "mean_track_size" in p), None),
+        "pooled_track_points": pooled["points"] if pooled else [],
+        "pooled_track_no_noise": pooled["no_noise"] if pooled else None,
     }

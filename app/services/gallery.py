@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.core.errors import Conflict, ModelMismatch, PrivacyBudgetExceeded, Unauthorized
 from app.db.session import LOCK_RETENTION, TenantWriteLocks, run_once_lock
@@ -33,7 +34,7 @@ log = logging.getLogger("reid.gallery")
 IN_CHUNK = 5000  # keep IN lists within every backend's parameter limit
 UNTRAINED = "untrained"
 
-__all__ = ["EnrollResult", "GalleryService", "Hit", "ItemInput", "SearchFilters"]
+__all__ = ["EnrollResult", "GalleryService", "Hit", "ItemInput", "PooledRelease", "SearchFilters"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,39 @@ class SearchFilters:
         return any(v is not None for v in (self.camera_ids, self.captured_from, self.captured_to, self.subject_ref))
 
 
+@dataclass(frozen=True)
+class PooledRelease:
+    """The crops of one track in one enrollment, released as one noisy mean."""
+
+    item_ids: list[int]
+    track_ref: str
+    subject_ref: str | None
+    params: NoiseParameters
+
+
 @dataclass
 class EnrollResult:
     ids: list[int]
-    params: NoiseParameters
+    params: NoiseParameters  # of the records released alone
     max_subject_mu_squared: float | None = None  # largest composed μ² of any subject of the tenant
+    pooled: list[PooledRelease] = field(default_factory=list)
+
+
+def plan_releases(items: list[ItemInput], pool_tracks: bool) -> list[list[int]]:
+    """The releases of one enrollment, as lists of item positions: the crops of one (track_ref, subject_ref) pair, when
+    there are at least two and ``pool_tracks``, are one pooled release; every other crop is released alone."""
+    if not pool_tracks:
+        return [[i] for i in range(len(items))]
+    by_track: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+    releases: list[list[int]] = []
+    for i, item in enumerate(items):
+        if item.track_ref:
+            by_track[(item.track_ref, item.subject_ref)].append(i)
+        else:
+            releases.append([i])
+    for members in by_track.values():
+        releases.extend([members] if len(members) > 1 else [[m] for m in members])
+    return sorted(releases)
 
 
 @dataclass
@@ -110,6 +139,7 @@ def load_policy(session: Session, tenant_id: int, domain: str = "signed") -> Ten
         subject_epsilon=row.subject_epsilon,
         subject_delta=row.subject_delta,
         domain=domain,
+        pool_tracks=bool(row.pool_tracks),
     )
 
 
@@ -172,7 +202,7 @@ class GalleryService:
                 raise self._mismatch(tenant_id, self.mismatched[tenant_id])
             if policy.has_subject_budget:
                 per_release = release_mu_squared(policy.record_policy.parameters())
-                requested = _requested(items)
+                requested = _requested(items, plan_releases(items, policy.pools))
                 if requested:
                     rows = session.execute(
                         select(SubjectBudget.subject_ref, SubjectBudget.mu_squared).where(
@@ -180,10 +210,13 @@ class GalleryService:
                         )
                     ).all()
                     spent = {ref: mu for ref, mu in rows}
-                    _refuse_over_budget(policy, [(key, spent.get(key, 0.0), count * per_release) for key, count in requested.items()])
+                    _refuse_over_budget(policy, [(key, spent.get(key, 0.0), units * per_release) for key, (units, _) in requested.items()])
 
     def enroll(self, tenant_id: int, items: list[ItemInput], features: np.ndarray) -> EnrollResult:
-        """Charge budgets, add noise, commit items and their change-log rows, then apply them to this replica's index."""
+        """Charge budgets, add noise, commit items and their change-log rows, then apply them to this replica's index.
+
+        Crops of one track sent together are one pooled release when the policy says so (``plan_releases``): each of
+        them stores the release, and ``release_id`` ties them together so that erasing one erases all."""
         with self.sessions() as session, self.locks.hold(session, tenant_id):
             policy = load_policy(session, tenant_id, self.feature_domain)
             params = policy.record_policy.parameters()
@@ -191,22 +224,23 @@ class GalleryService:
             if head.encoder_sha256 is not None and (head.encoder_sha256, head.encoder_dim) != (self.encoder.sha256, self.encoder.dim):
                 self._note_head(tenant_id, head.encoder_sha256, head.encoder_dim)
                 raise self._mismatch(tenant_id, EncoderIdentity(head.encoder_sha256, head.encoder_dim or 0))
+            releases = plan_releases(items, policy.pools)
             max_mu_squared = None
             if policy.has_subject_budget:
-                charge_subject_budgets(session, tenant_id, policy, items, release_mu_squared(params))
+                charge_subject_budgets(session, tenant_id, policy, items, release_mu_squared(params), releases)
                 max_mu_squared = session.scalar(select(func.max(SubjectBudget.mu_squared)).where(SubjectBudget.tenant_id == tenant_id))
-            noisy, _ = self.mechanism.release(torch.from_numpy(features), policy.record_policy)
-            noisy_np = noisy.numpy().astype(np.float32)
-            noise = {
-                "mechanism": params.mechanism,
-                "epsilon": None if math.isinf(params.epsilon) else params.epsilon,
-                "delta": params.delta,
-                "sensitivity": params.sensitivity,
-                "sigma": params.sigma,
-                "clip_norm": params.clip_norm,
-                "noise_library": params.library,
-                "model_sha256": self.model_sha256,
-            }
+            noisy_np = np.empty(features.shape, dtype=np.float32)
+            released_with = [params] * len(items)
+            alone = [members[0] for members in releases if len(members) == 1]
+            if alone:
+                noisy, _ = self.mechanism.release(torch.from_numpy(features[alone]), policy.record_policy)
+                noisy_np[alone] = noisy.numpy()
+            pools = [members for members in releases if len(members) > 1]
+            for members in pools:
+                mean, pooled_params = self.mechanism.release_pooled(torch.from_numpy(features[members]), policy.record_policy)
+                noisy_np[members] = mean.numpy()
+                for i in members:
+                    released_with[i] = pooled_params
             features_le = noisy_np.astype("<f4", copy=False)
             rows = [
                 {
@@ -218,19 +252,31 @@ class GalleryService:
                     "external_id": item.external_id,
                     "attributes": item.attributes,
                     "feature": features_le[i].tobytes(),
-                    **noise,
+                    **_noise_columns(released_with[i], self.model_sha256),
                 }
                 for i, item in enumerate(items)
             ]
             # One multi-row INSERT … RETURNING (no ORM unit of work: a third of the service's per-crop SQL cost).
             ids = np.array(session.scalars(insert(GalleryItem).returning(GalleryItem.id, sort_by_parameter_order=True), rows).all(), dtype=np.int64)
+            if pools:  # every member of a pooled release names its first item
+                session.execute(update(GalleryItem), [{"id": int(ids[i]), "release_id": int(ids[members[0]])} for members in pools for i in members])
             previous, last = self._log(session, head, "add", ids)
             head.encoder_sha256, head.encoder_dim = self.encoder.sha256, self.encoder.dim
             session.commit()
         self.mismatched.pop(tenant_id, None)
         # SQL is committed: this replica's index follows at once (the others within a poll).
         self._apply_own(tenant_id, previous, last, add_ids=ids, add_features=index_vectors(noisy_np, self.split_sign), remove_ids=[])
-        return EnrollResult(ids=[int(i) for i in ids], params=params, max_subject_mu_squared=max_mu_squared)
+        return EnrollResult(
+            ids=[int(i) for i in ids],
+            params=params,
+            max_subject_mu_squared=max_mu_squared,
+            pooled=[
+                PooledRelease(
+                    [int(ids[i]) for i in members], items[members[0]].track_ref or "", items[members[0]].subject_ref, released_with[members[0]]
+                )
+                for members in pools
+            ],
+        )
 
     def _head(self, session: Session, tenant_id: int) -> GalleryHead:
         """The tenant's head row (created on its first write; callers hold the tenant's write lock)."""
@@ -320,11 +366,14 @@ class GalleryService:
         if not ids:
             return 0
         with self.sessions() as session, self.locks.hold(session, tenant_id):
-            deleted = list(
-                session.scalars(
-                    delete(GalleryItem).where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(ids)).returning(GalleryItem.id)
-                ).all()
-            )
+            # a pooled release is stored on each of its items and holds every one of them: it goes as a whole
+            releases = session.scalars(
+                select(GalleryItem.release_id).where(GalleryItem.tenant_id == tenant_id, GalleryItem.id.in_(ids), GalleryItem.release_id.is_not(None))
+            ).all()
+            chosen: ColumnElement[bool] = GalleryItem.id.in_(ids)
+            if releases:
+                chosen = or_(chosen, GalleryItem.release_id.in_(sorted(set(releases))))
+            deleted = list(session.scalars(delete(GalleryItem).where(GalleryItem.tenant_id == tenant_id, chosen).returning(GalleryItem.id)).all())
             if not deleted:
                 session.rollback()
                 return 0
@@ -538,12 +587,20 @@ class GalleryService:
             return int(session.scalar(select(func.count()).select_from(GalleryItem).where(GalleryItem.tenant_id == tenant_id)) or 0)
 
 
-def _requested(items: list[ItemInput]) -> dict[str, int]:
-    requested: dict[str, int] = defaultdict(int)
-    for item in items:
-        if item.budget_key:
-            requested[item.budget_key] += 1
-    return dict(requested)
+def _requested(items: list[ItemInput], releases: list[list[int]]) -> dict[str, tuple[int, int]]:
+    """Per budget key: (μ² in units of one record's μ², releases). A release of the mean of n of a subject's crops has
+    n times one record's μ for that subject (its noise is n times smaller): n² units; n separate releases are n units."""
+    requested: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for members in releases:
+        per_key: dict[str, int] = defaultdict(int)
+        for i in members:
+            key = items[i].budget_key
+            if key:
+                per_key[key] += 1
+        for key, count in per_key.items():
+            requested[key][0] += count * count
+            requested[key][1] += 1
+    return {key: (units, count) for key, (units, count) in requested.items()}
 
 
 def _refuse_over_budget(policy: TenantPolicy, charges: list[tuple[str, float, float]]) -> None:
@@ -558,10 +615,13 @@ def _refuse_over_budget(policy: TenantPolicy, charges: list[tuple[str, float, fl
         )
 
 
-def charge_subject_budgets(session: Session, tenant_id: int, policy: TenantPolicy, items: list[ItemInput], per_release: float) -> None:
+def charge_subject_budgets(
+    session: Session, tenant_id: int, policy: TenantPolicy, items: list[ItemInput], per_release: float, releases: list[list[int]] | None = None
+) -> None:
     """Charge μ² per release in one atomic statement (INSERT … ON CONFLICT DO UPDATE … RETURNING) and check the totals
-    it returns in the same transaction: over budget raises, and the caller's rollback undoes the charge."""
-    requested = _requested(items)
+    it returns in the same transaction: over budget raises, and the caller's rollback undoes the charge. ``per_release``
+    is one record's μ²; ``releases`` groups items into releases (default: each alone)."""
+    requested = _requested(items, releases if releases is not None else [[i] for i in range(len(items))])
     if not requested:
         return
     if math.isinf(per_release):  # no noise: no finite budget can pay for it
@@ -573,8 +633,8 @@ def charge_subject_budgets(session: Session, tenant_id: int, policy: TenantPolic
     now = datetime.now(UTC)
     stmt = upsert(SubjectBudget).values(
         [
-            {"tenant_id": tenant_id, "subject_ref": key, "mu_squared": count * per_release, "releases": count, "updated_at": now}
-            for key, count in requested.items()
+            {"tenant_id": tenant_id, "subject_ref": key, "mu_squared": units * per_release, "releases": count, "updated_at": now}
+            for key, (units, count) in requested.items()
         ]
     )
     statement = stmt.on_conflict_do_update(
@@ -586,8 +646,23 @@ def charge_subject_budgets(session: Session, tenant_id: int, policy: TenantPolic
         },
     ).returning(SubjectBudget.subject_ref, SubjectBudget.mu_squared)
     totals = {ref: float(total) for ref, total in session.execute(statement).all()}
-    charges = [(key, totals[key] - count * per_release, count * per_release) for key, count in requested.items()]
+    charges = [(key, totals[key] - units * per_release, units * per_release) for key, (units, _) in requested.items()]
     _refuse_over_budget(policy, charges)
+
+
+def _noise_columns(params: NoiseParameters, model_sha256: str | None) -> dict[str, Any]:
+    """The noise columns of a record released with ``params``."""
+    return {
+        "mechanism": params.mechanism,
+        "epsilon": None if math.isinf(params.epsilon) else params.epsilon,
+        "delta": params.delta,
+        "sensitivity": params.sensitivity,
+        "sigma": params.sigma,
+        "clip_norm": params.clip_norm,
+        "noise_library": params.library,
+        "model_sha256": model_sha256,
+        "pooled": params.pooled,
+    }
 
 
 def index_vectors(noisy: np.ndarray, split_sign: bool = False) -> np.ndarray:

@@ -29,6 +29,7 @@ query feature.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -406,6 +407,7 @@ class _Records:
             GalleryItem.feature,
             GalleryItem.sigma,
             GalleryItem.clip_norm,
+            GalleryItem.pooled,
         )
 
     def _code(self, key: str) -> int:
@@ -476,7 +478,9 @@ class _Records:
         if any(len(b) != 4 * dim for b in blobs) or (self.features is not None and self.features.shape[1] != dim):
             raise ValueError("records of different embedding sizes in one gallery")
         features = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(rows), dim)
-        sigmas = np.array([r[6] for r in rows], dtype=np.float64)
+        # A pooled release (the noisy mean of n crops, noise σ) is stored on its n items: their sum carries n·σ of noise,
+        # so each counts as σ·√n in the Σσᵢ² of its group (exact when all n are selected; more noise assumed otherwise).
+        sigmas = np.array([r[6] * math.sqrt(r[8]) for r in rows], dtype=np.float64)
         # everything is computed before anything is assigned, so a failure leaves the cache as it was
         new_codes = np.array([self._code(str(r[1])) for r in rows], dtype=np.int64)
         new_times = np.array([_micros(r[4]) for r in rows], dtype=np.int64)

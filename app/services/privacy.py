@@ -19,10 +19,16 @@ class TenantPolicy:
     subject_epsilon: float | None = None
     subject_delta: float | None = None
     domain: str = "signed"  # the serving encoder's feature domain (sets the sensitivity: 2C or √2·C)
+    pool_tracks: bool = True  # crops of one track in one enrollment: one release of their mean (σ/n, same ε per record)
 
     @property
     def record_policy(self) -> PrivacyPolicy:
         return PrivacyPolicy(epsilon=self.epsilon, delta=self.delta, clip_norm=self.clip_norm, domain=self.domain)
+
+    @property
+    def pools(self) -> bool:
+        """Whether tracks are pooled (only with noise: without it, pooling would only blur the stored features)."""
+        return self.pool_tracks and math.isfinite(self.epsilon)
 
     @property
     def has_subject_budget(self) -> bool:

@@ -15,8 +15,8 @@ def _at(minute: int) -> str:
     return f"2026-11-26T08:{minute:02d}:00Z"
 
 
-def _setup(client, epsilon: float | str = "inf"):
-    _, key = make_tenant(client, f"groups-{epsilon}", epsilon=epsilon)
+def _setup(client, epsilon: float | str = "inf", pool_tracks: bool = True):
+    _, key = make_tenant(client, f"groups-{epsilon}-{pool_tracks}", epsilon=epsilon, pool_tracks=pool_tracks)
     metas = [
         {"camera_id": "c1", "captured_at": _at(1), "track_ref": "tA", "subject_ref": "alice"},
         {"camera_id": "c2", "captured_at": _at(5), "track_ref": "tA", "subject_ref": "alice"},
@@ -190,7 +190,7 @@ def test_a_split_sign_encoder_releases_at_sensitivity_root_two_and_scores_tracks
     embedder = _split_sign_embedder()
     scorer = embedder.track_scorer
     with TestClient(create_app(settings, embedder=embedder)) as client:
-        key, _ = _setup(client, epsilon=8.0)
+        key, _ = _setup(client, epsilon=8.0, pool_tracks=False)  # every record alone (pooled releases: test_pooled_tracks.py)
         tenant_privacy = client.get("/v1/admin/tenants", headers=ADMIN).json()[0]["privacy"]
         sigma = gaussian_sigma(8.0, 1e-5, math.sqrt(2))
         assert math.isclose(tenant_privacy["sensitivity"], math.sqrt(2)) and math.isclose(tenant_privacy["sigma"], sigma)
@@ -242,7 +242,7 @@ def test_likelihood_scores_undo_a_clipping_norm_below_one_and_extreme_min_scores
 
     embedder = _split_sign_embedder()
     with TestClient(create_app(settings.model_copy(update={"clip_norm": 0.5}), embedder=embedder)) as client:
-        key, _ = _setup(client, epsilon=8.0)
+        key, _ = _setup(client, epsilon=8.0, pool_tracks=False)
         with client.app.state.reid.sessions() as session:
             stored = session.query(GalleryItem).all()
             rows = {r.id: np.frombuffer(r.feature, dtype="<f4").astype(np.float64) for r in stored}
@@ -292,7 +292,7 @@ def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings)
     embedder = _split_sign_embedder()
     with TestClient(create_app(settings, embedder=embedder)) as client:
         state = client.app.state.reid
-        key, ids = _setup(client, epsilon=8.0)
+        key, ids = _setup(client, epsilon=8.0, pool_tracks=False)  # records erased one at a time
         crop = decode_crop(jpeg_bytes(2), name="q", content_type="image/jpeg", limits=ImageLimits(10**7, 10**8, 16.0), size=(64, 32))
         query = embedder.embed(torch.stack([crop]))[0]
 
@@ -333,13 +333,14 @@ def test_the_cached_grouping_answers_as_a_fresh_one_after_every_change(settings)
 
 
 def _fake_rows(first: int, keys: list[str], rng, dim: int = 6, sigma: float = 0.3):
-    """Rows as ``_Records`` reads them from SQL: id, key, subject, camera, captured_at, feature, σ, clip norm."""
+    """Rows as ``_Records`` reads them from SQL: id, key, subject, camera, captured_at, feature, σ, clip norm, pooled."""
     from datetime import UTC, datetime, timedelta
 
     start = datetime(2026, 11, 1, tzinfo=UTC)
     features = (np.abs(rng.standard_normal((len(keys), dim))) + rng.normal(0, sigma, (len(keys), dim))).astype("<f4")
     return [
-        (first + i, key, None, f"cam-{i % 3}", start + timedelta(seconds=first + i), features[i].tobytes(), sigma, 1.0) for i, key in enumerate(keys)
+        (first + i, key, None, f"cam-{i % 3}", start + timedelta(seconds=first + i), features[i].tobytes(), sigma, 1.0, 1)
+        for i, key in enumerate(keys)
     ]
 
 
@@ -459,10 +460,10 @@ def test_a_prune_between_reading_the_head_and_the_log_is_noticed(client, monkeyp
     from app.db.tables import Tenant
     from app.services.groups import _Records
 
-    key, ids = _setup(client, epsilon=8.0)
+    key, ids = _setup(client, epsilon=8.0, pool_tracks=False)  # records erased one at a time
     state = client.app.state.reid
     with state.sessions() as session:
-        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == "groups-8.0"))
+        tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == "groups-8.0-False"))
     assert sorted(next(h for h in search(client, key, 1, k=10, group_by="track_ref").json()["hits"] if h["track_ref"] == "tA")["item_ids"]) == sorted(
         ids[:2]
     )

@@ -64,6 +64,7 @@ def policy_out(row: PrivacyPolicyRow, domain: str) -> PolicyOut:
         sigma=gaussian_sigma(epsilon, row.delta, sensitivity),
         subject_epsilon=row.subject_epsilon,
         subject_delta=row.subject_delta,
+        pool_tracks=row.pool_tracks is not False,
         noise=not math.isinf(epsilon),
         warning=NO_NOISE_WARNING if math.isinf(epsilon) else None,
     )
@@ -208,7 +209,7 @@ def set_privacy(tenant_id: TenantId, body: PolicyIn, request: Request, session: 
     row = session.get(PrivacyPolicyRow, tenant_id)
     settings = get_state(request).settings
     domain = get_state(request).gallery.feature_domain
-    before = policy_out(row, domain).model_dump(include={"epsilon", "delta", "subject_epsilon", "subject_delta"}) if row else None
+    before = policy_out(row, domain).model_dump(include={"epsilon", "delta", "subject_epsilon", "subject_delta", "pool_tracks"}) if row else None
     if row is None:
         row = PrivacyPolicyRow(tenant_id=tenant_id, clip_norm=settings.clip_norm)
         session.add(row)
@@ -216,8 +217,9 @@ def set_privacy(tenant_id: TenantId, body: PolicyIn, request: Request, session: 
     row.delta = body.delta
     row.subject_epsilon = body.subject_epsilon
     row.subject_delta = body.subject_delta
+    row.pool_tracks = body.pool_tracks
     after = policy_out(row, domain)
-    fields = {"epsilon", "delta", "subject_epsilon", "subject_delta", "sigma"}
+    fields = {"epsilon", "delta", "subject_epsilon", "subject_delta", "pool_tracks", "sigma"}
     audit(session, actor, "privacy.update", tenant_id, {"before": before, "after": after.model_dump(include=fields)})
     session.commit()
     return after

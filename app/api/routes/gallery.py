@@ -31,6 +31,7 @@ from app.api.schemas import (
     ItemOut,
     ItemPage,
     NoiseOut,
+    PooledReleaseOut,
     SearchOut,
     SubjectHitOut,
     SubjectSearchOut,
@@ -45,6 +46,7 @@ from app.db.tables import GalleryItem
 from app.services.gallery import ItemInput, SearchFilters
 from app.services.groups import GroupHit
 from app.services.images import ImageLimits, decode_crop
+from models.privacy.mechanism import NoiseParameters
 
 if TYPE_CHECKING:
     import torch
@@ -160,16 +162,29 @@ async def enroll(
     return EnrollOut(
         ids=result.ids,
         count=len(result.ids),
-        noise=NoiseOut(
-            mechanism=p.mechanism,
-            epsilon=epsilon_out(p.epsilon),
-            delta=p.delta,
-            sensitivity=p.sensitivity,
-            sigma=p.sigma,
-            clip_norm=p.clip_norm,
-            library=p.library,
-        ),
+        noise=noise_out(p),
+        pooled=[
+            PooledReleaseOut(
+                item_ids=r.item_ids, track_ref=r.track_ref, subject_ref=r.subject_ref, noise=noise_out(r.params, release_id=r.item_ids[0])
+            )
+            for r in result.pooled
+        ],
         warning="epsilon is inf: features were stored WITHOUT differential-privacy noise" if math.isinf(p.epsilon) else None,
+    )
+
+
+def noise_out(p: NoiseParameters, release_id: int | None = None) -> NoiseOut:
+    """The answer's form of one release's parameters."""
+    return NoiseOut(
+        mechanism=p.mechanism,
+        epsilon=epsilon_out(p.epsilon),
+        delta=p.delta,
+        sensitivity=p.sensitivity,
+        sigma=p.sigma,
+        clip_norm=p.clip_norm,
+        library=p.library,
+        pooled=p.pooled,
+        release_id=release_id,
     )
 
 
@@ -296,6 +311,8 @@ def list_items(
 
 @router.delete("/gallery/{item_id:int}", response_model=CountOut, responses=errors(*TENANT_AUTH, *PARAMS, *LIMITED, NotFound))
 async def delete_item(request: Request, item_id: ItemId, tenant: TenantDep) -> CountOut:
+    """Erase one item. An item of a pooled release (its ``noise.release_id``) goes with the whole release: the stored
+    mean holds every one of its crops. ``deleted`` counts them all."""
     state = get_state(request)
     deleted = await run_in_threadpool(state.gallery.delete_items, tenant.tenant_id, [item_id])
     if deleted == 0:
@@ -308,6 +325,7 @@ async def delete_item(request: Request, item_id: ItemId, tenant: TenantDep) -> C
     "/gallery/erase",
     response_model=CountOut,
     summary="Erase items by subject and/or capture time",
+    description="Erases the matching items and, with each item of a pooled release, the rest of that release (``deleted`` counts all).",
     responses=errors(*TENANT_AUTH, *JSON_BODY, *LIMITED),
 )
 async def erase(request: Request, body: EraseIn, tenant: TenantDep) -> CountOut:
