@@ -209,9 +209,15 @@ def get_privacy(tenant_id: int) -> Call[models.Policy]:
 
 
 def set_privacy(
-    tenant_id: int, *, epsilon: float | Literal["inf"], delta: float = 1e-5, subject_epsilon: float | None = None, subject_delta: float | None = None
+    tenant_id: int,
+    *,
+    epsilon: float | Literal["inf"],
+    delta: float = 1e-5,
+    subject_epsilon: float | None = None,
+    subject_delta: float | None = None,
+    pool_tracks: bool = True,
 ) -> Call[models.Policy]:
-    body: dict[str, Any] = {"epsilon": epsilon, "delta": delta}
+    body: dict[str, Any] = {"epsilon": epsilon, "delta": delta, "pool_tracks": pool_tracks}
     if subject_epsilon is not None:
         body["subject_epsilon"] = subject_epsilon
     if subject_delta is not None:

@@ -254,8 +254,14 @@ class ReidClient(_Base):
         delta: float = 1e-5,
         subject_epsilon: float | None = None,
         subject_delta: float | None = None,
+        pool_tracks: bool = True,
     ) -> models.Policy:
-        return self.run(calls.set_privacy(tenant_id, epsilon=epsilon, delta=delta, subject_epsilon=subject_epsilon, subject_delta=subject_delta))
+        """``pool_tracks``: a track's crops sent in one enrollment are released as one noisy mean (see the README)."""
+        return self.run(
+            calls.set_privacy(
+                tenant_id, epsilon=epsilon, delta=delta, subject_epsilon=subject_epsilon, subject_delta=subject_delta, pool_tracks=pool_tracks
+            )
+        )
 
     def tradeoff(self, tenant_id: int, epsilons: Sequence[float] | None = None) -> models.Tradeoff:
         return self.run(calls.tradeoff(tenant_id, epsilons))
@@ -424,9 +430,12 @@ class AsyncReidClient(_Base):
         delta: float = 1e-5,
         subject_epsilon: float | None = None,
         subject_delta: float | None = None,
+        pool_tracks: bool = True,
     ) -> models.Policy:
         return await self.run(
-            calls.set_privacy(tenant_id, epsilon=epsilon, delta=delta, subject_epsilon=subject_epsilon, subject_delta=subject_delta)
+            calls.set_privacy(
+                tenant_id, epsilon=epsilon, delta=delta, subject_epsilon=subject_epsilon, subject_delta=subject_delta, pool_tracks=pool_tracks
+            )
         )
 
     async def tradeoff(self, tenant_id: int, epsilons: Sequence[float] | None = None) -> models.Tradeoff:

@@ -20,12 +20,22 @@ class Noise(_Model):
     sigma: float
     clip_norm: float
     library: str
+    pooled: int = 1  # crops whose mean this release is (a pooled track: n)
+    release_id: int | None = None  # a pooled release's first item (its items are erased together)
+
+
+class PooledRelease(_Model):
+    item_ids: list[int]
+    track_ref: str
+    subject_ref: str | None = None
+    noise: Noise
 
 
 class Enrolled(_Model):
     ids: list[int]
     count: int
     noise: Noise
+    pooled: list[PooledRelease] = []
     warning: str | None = None
 
 
@@ -90,6 +100,7 @@ class Policy(_Model):
     sigma: float
     subject_epsilon: float | None = None
     subject_delta: float | None = None
+    pool_tracks: bool = True
     noise: bool
     warning: str | None = None
 
@@ -132,7 +143,7 @@ class AuditEntry(_Model):
 
 class TradeoffPoint(_Model):
     epsilon: float
-    grouping: Literal["record", "track"] = "record"
+    grouping: Literal["record", "track", "pooled_track"] = "record"
     delta: float
     sigma: float
     within_calibration: bool
@@ -154,6 +165,8 @@ class Tradeoff(_Model):
     track_points: list[TradeoffPoint] = []
     track_no_noise: dict[str, float] | None = None
     track_mean_size: float | None = None
+    pooled_track_points: list[TradeoffPoint] = []
+    pooled_track_no_noise: dict[str, float] | None = None
 
 
 class ModelInfo(_Model):

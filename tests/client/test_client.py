@@ -63,6 +63,14 @@ def test_sync_client_covers_the_integrator_and_operator_flows(server, tenant):
         assert client.update_tenant(tenant_id, name="renamed").name == "renamed"
         assert client.update_tenant(tenant_id, retention_days=None).retention_days is None
         assert client.get_privacy(tenant_id).noise is False
+        # a pooled track release, typed: ε = 8, two crops of one track in one call
+        policy = client.set_privacy(tenant_id, epsilon=8.0)
+        assert policy.pool_tracks is True
+        pair = client.enroll([jpeg_bytes(4), jpeg_bytes(5)], [{"camera_id": "c1", "captured_at": "2026-11-26T08:03:00Z", "track_ref": "t9"}] * 2)
+        [release] = pair.pooled
+        assert release.item_ids == pair.ids and release.track_ref == "t9" and release.noise.pooled == 2 and release.noise.release_id == pair.ids[0]
+        assert abs(release.noise.sigma - pair.noise.sigma / 2) < 1e-9 and client.get_item(pair.ids[1]).noise.pooled == 2
+        assert client.set_privacy(tenant_id, epsilon="inf", pool_tracks=False).pool_tracks is False
         assert client.tradeoff(tenant_id, [4.0]).available is False  # the tiny test encoder has no calibration
         keys = client.list_keys(tenant_id)
         assert keys[0].label == "client" and client.revoke_key(tenant_id, keys[0].id).revoked_at is not None

@@ -90,8 +90,11 @@ def test_console_end_to_end(console_url, tmp_path):
         expect(page.locator("#epsilon-readout")).to_contain_text(f"At ε = {page.input_value('#epsilon')}")
         expect(page.locator("#epsilon-readout")).to_contain_text("Expected rank-1")
         page.screenshot(path=str(shots / "console_privacy.png"), full_page=True)
+        expect(page.locator("#pool-tracks")).to_be_checked()  # the default
+        page.uncheck("#pool-tracks")
         page.click("#save-policy")
         expect(page.locator("#policy-notice")).to_contain_text("Saved")
+        expect(page.locator("#policy-current")).to_contain_text("tracks not pooled")
 
         page.fill("#key-label", "gateway-1")
         page.click("#issue-form button[type=submit]")
@@ -110,7 +113,7 @@ def test_console_end_to_end(console_url, tmp_path):
         tenant_id = int(page.locator("#tenant-list button[aria-current=true]").get_attribute("data-tenant-id") or 0)
         with httpx.Client(base_url=console_url) as http:
             policy = http.get(f"/v1/admin/tenants/{tenant_id}/privacy", headers={"X-Admin-Key": ADMIN_KEY}).json()
-            assert policy["epsilon"] == pytest.approx(chosen)
+            assert policy["epsilon"] == pytest.approx(chosen) and policy["pool_tracks"] is False
             assert http.get("/v1/gallery", headers={"X-API-Key": api_key}).status_code == 200  # the issued key works
 
         page.click("#delete-tenant")
