@@ -12,6 +12,14 @@ answer the same way (mAP@k: a lower bound of the full mAP, which needs every mat
     python benchmarks/track_search.py --epsilons 32 inf --json runs/track_search.json
     python benchmarks/track_search.py --epsilons 32 inf --max-ids 20        # a quick sanity run on 20 identities
 
+Crops go in requests of ``--batch`` in file order (a track's crops are adjacent, so most tracks land in one request),
+or one request per track (``--batching track``), or one per crop (``--batching crop``: nothing can be pooled). With the
+tenant policy's ``pool_tracks`` (on unless ``--no-pool``) the crops of one track in one request are released as one
+noisy mean; the run counts the pooled releases from the enrollment answers.
+
+    python benchmarks/track_search.py --epsilons 32 inf --batching track --json runs/track_search_pooled.json
+    python benchmarks/track_search.py --epsilons 32 --no-pool --json runs/track_search_per_record.json
+
 ``--query-tracks`` adds a third pass: each query is sent as a query track, its crop plus the same person's other
 crops from the same camera (the integrator holds a track, not one crop; those crops are in the gallery too, as the
 query's own-camera track, which the protocol ignores), one request with several ``image`` parts.
@@ -79,17 +87,31 @@ def start_server(port: int, data_dir: Path, admin_key: str) -> subprocess.Popen[
     raise RuntimeError("the service did not become ready in 300 s")
 
 
-def make_tenant(client: httpx.Client, url: str, admin_key: str, epsilon: float) -> str:
+def make_tenant(client: httpx.Client, url: str, admin_key: str, epsilon: float, pool_tracks: bool = True) -> str:
     headers = {"X-Admin-Key": admin_key}
     name = f"tracks-eps-{epsilon}-{secrets.token_hex(3)}"
     tenant = request(client, "POST", f"{url}/v1/admin/tenants", headers=headers, json={"name": name}).json()
-    policy = {"epsilon": "inf" if np.isinf(epsilon) else epsilon, "delta": 1e-5}
+    policy = {"epsilon": "inf" if np.isinf(epsilon) else epsilon, "delta": 1e-5, "pool_tracks": pool_tracks}
     request(client, "PUT", f"{url}/v1/admin/tenants/{tenant['id']}/privacy", headers=headers, json=policy)
     return str(request(client, "POST", f"{url}/v1/admin/tenants/{tenant['id']}/keys", headers=headers, json={}).json()["api_key"])
 
 
-def enrol(url: str, key: str, paths: list[Path], batch: int, workers: int) -> float:
+def chunked(paths: list[Path], batch: int, batching: str) -> list[list[Path]]:
+    """Requests of ``batch`` crops in file order, one per track (person and camera), or one per crop."""
+    if batching == "crop":
+        return [[p] for p in paths]
+    if batching == "track":
+        tracks: dict[tuple[int, int], list[Path]] = {}
+        for p in paths:
+            tracks.setdefault(parse(p), []).append(p)
+        return [crops[i : i + batch] for crops in tracks.values() for i in range(0, len(crops), batch)]
+    return [paths[i : i + batch] for i in range(0, len(paths), batch)]
+
+
+def enrol(url: str, key: str, paths: list[Path], batch: int, workers: int, batching: str = "sorted") -> tuple[float, dict[str, int]]:
+    """Enrol every crop; returns crops/s and what the answers say about pooling."""
     started = time.time()
+    pooled: list[int] = []
 
     def send(chunk: list[Path]) -> int:
         meta = []
@@ -98,17 +120,15 @@ def enrol(url: str, key: str, paths: list[Path], batch: int, workers: int) -> fl
             meta.append({"camera_id": f"c{cam}", "captured_at": "2026-11-26T08:00:00Z", "track_ref": f"{pid:04d}_c{cam}", "external_id": p.name})
         files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in chunk]
         with httpx.Client(timeout=300) as client:
-            return len(
-                request(client, "POST", f"{url}/v1/gallery", headers={"X-API-Key": key}, files=files, data={"metadata": json.dumps(meta)}).json()[
-                    "ids"
-                ]
-            )
+            answer = request(client, "POST", f"{url}/v1/gallery", headers={"X-API-Key": key}, files=files, data={"metadata": json.dumps(meta)}).json()
+        pooled.extend(len(release["item_ids"]) for release in answer.get("pooled", []))
+        return len(answer["ids"])
 
-    chunks = [paths[i : i + batch] for i in range(0, len(paths), batch)]
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        enrolled = sum(pool.map(send, chunks))
+        enrolled = sum(pool.map(send, chunked(paths, batch, batching)))
     assert enrolled == len(paths)
-    return len(paths) / (time.time() - started)
+    shape = {"requests": len(chunked(paths, batch, batching)), "pooled_releases": len(pooled), "pooled_crops": sum(pooled)}
+    return len(paths) / (time.time() - started), shape
 
 
 def search_all(
@@ -189,7 +209,9 @@ def main() -> None:
     parser.add_argument("--url", help="use a running service (with --admin-key) instead of starting one")
     parser.add_argument("--admin-key")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32, help="crops per enrollment request (at most)")
+    parser.add_argument("--batching", choices=["sorted", "track", "crop"], default="sorted", help="how crops are grouped into requests (above)")
+    parser.add_argument("--no-pool", action="store_true", help="tenant policy pool_tracks=false: every crop released alone")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--max-queries", type=int, default=0, help="search only the first N queries (quick runs)")
     parser.add_argument("--max-ids", type=int, default=0, help="only the first N identities' gallery and query crops (quick runs)")
@@ -225,8 +247,8 @@ def main() -> None:
         with httpx.Client(timeout=60) as client:
             results["model"] = client.get(f"{url}/v1/model").json()
             for epsilon in args.epsilons:
-                key = make_tenant(client, url, admin_key, epsilon)
-                rate = enrol(url, key, gallery, args.batch, args.workers)
+                key = make_tenant(client, url, admin_key, epsilon, pool_tracks=not args.no_pool)
+                rate, shape = enrol(url, key, gallery, args.batch, args.workers, args.batching)
                 per_record = search_all(url, key, keep, None, args.workers)
                 for q, a in zip(keep, per_record, strict=True):
                     pid, cam = parse(q)
@@ -236,6 +258,9 @@ def main() -> None:
                 run = {
                     "epsilon": "inf" if np.isinf(epsilon) else epsilon,
                     "enrol_crops_per_s": round(rate, 1),
+                    "batching": args.batching,
+                    "pool_tracks": not args.no_pool,
+                    **shape,
                     "records": score(keep, per_record, tracks=False),
                     "tracks": score(keep, grouped, tracks=True),
                 }
