@@ -215,9 +215,11 @@ def set_privacy(
     delta: float = 1e-5,
     subject_epsilon: float | None = None,
     subject_delta: float | None = None,
-    pool_tracks: bool = True,
+    pool_tracks: bool | None = None,
 ) -> Call[models.Policy]:
-    body: dict[str, Any] = {"epsilon": epsilon, "delta": delta, "pool_tracks": pool_tracks}
+    body: dict[str, Any] = {"epsilon": epsilon, "delta": delta}
+    if pool_tracks is not None:  # left out: the server keeps its setting (and a server before it accepts the call)
+        body["pool_tracks"] = pool_tracks
     if subject_epsilon is not None:
         body["subject_epsilon"] = subject_epsilon
     if subject_delta is not None:

@@ -254,9 +254,10 @@ class ReidClient(_Base):
         delta: float = 1e-5,
         subject_epsilon: float | None = None,
         subject_delta: float | None = None,
-        pool_tracks: bool = True,
+        pool_tracks: bool | None = None,
     ) -> models.Policy:
-        """``pool_tracks``: a track's crops sent in one enrollment are released as one noisy mean (see the README)."""
+        """``pool_tracks``: a track's crops sent in one enrollment are released as one noisy mean (README, "The privacy
+        model in plain words"); None keeps the tenant's setting."""
         return self.run(
             calls.set_privacy(
                 tenant_id, epsilon=epsilon, delta=delta, subject_epsilon=subject_epsilon, subject_delta=subject_delta, pool_tracks=pool_tracks
@@ -430,7 +431,7 @@ class AsyncReidClient(_Base):
         delta: float = 1e-5,
         subject_epsilon: float | None = None,
         subject_delta: float | None = None,
-        pool_tracks: bool = True,
+        pool_tracks: bool | None = None,
     ) -> models.Policy:
         return await self.run(
             calls.set_privacy(

@@ -100,7 +100,7 @@ class Policy(_Model):
     sigma: float
     subject_epsilon: float | None = None
     subject_delta: float | None = None
-    pool_tracks: bool = True
+    pool_tracks: bool | None = None  # None: a server before pooled track releases
     noise: bool
     warning: str | None = None
 

@@ -432,11 +432,12 @@ class PolicyIn(StrictIn):
     subject_delta: Annotated[Delta | None, optional({"type": "number", "minimum": DELTA_MIN, "exclusiveMaximum": 1}), BeforeValidator(not_null)] = (
         Field(None, description="δ of the per-subject budget (needs subject_epsilon; default: delta)")
     )
-    pool_tracks: StrictBool = Field(
-        True,
+    pool_tracks: Annotated[StrictBool | None, optional({"type": "boolean"}), BeforeValidator(not_null)] = Field(
+        None,
         description=(
             "release the crops of one track sent in one enrollment as one noisy mean: each crop keeps this (ε, δ), the mean "
-            "has n times less noise instead of √n, and the track as a whole gets μ = n·Δ/σ instead of √n·Δ/σ"
+            "has n times less noise instead of √n, and the track as a whole gets μ = n·Δ/σ instead of √n·Δ/σ. Left out: "
+            "the policy's current setting (true for a tenant's first policy)"
         ),
     )
 

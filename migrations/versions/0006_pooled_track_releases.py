@@ -6,6 +6,10 @@ tenant's new records are released, its operator decides. ``gallery_items.pooled`
 is the mean of (1 for everything stored before), ``release_id`` the first item of that release (NULL for records
 released alone).
 
+Upgrade every replica before any policy pools: the code before this revision erases one item of a pooled release at
+a time and reads its σ/n as a record's own noise. The downgrade refuses while pooled releases are stored, for the same
+reason (erase them first, e.g. by subject or time), and keeps SQLite's id high-water mark across its table rebuild.
+
 Revision ID: 0006
 Revises: 0005
 """
@@ -33,9 +37,21 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    bind = op.get_bind()
+    pooled = bind.execute(sa.text("SELECT count(*) FROM gallery_items WHERE pooled > 1")).scalar() or 0
+    if pooled:
+        raise RuntimeError(
+            f"{pooled} stored items belong to pooled track releases, which the code before revision 0006 would erase one item "
+            "at a time and score with the wrong noise: erase them first, or stay at 0006"
+        )
+    sqlite = bind.dialect.name == "sqlite"
+    high_water = bind.execute(sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'gallery_items'")).scalar() if sqlite else None
     with op.batch_alter_table("gallery_items", table_kwargs={"sqlite_autoincrement": True}) as batch_op:  # ids never reused
         batch_op.drop_index("ix_gallery_tenant_release")
         batch_op.drop_column("release_id")
         batch_op.drop_column("pooled")
+    if high_water is not None:  # the rebuild restarts the sequence at the largest id left: erased ids would come back
+        bind.execute(sa.text("DELETE FROM sqlite_sequence WHERE name = 'gallery_items'"))
+        bind.execute(sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES ('gallery_items', :s)"), {"s": int(high_water)})
     with op.batch_alter_table("privacy_policies") as batch_op:
         batch_op.drop_column("pool_tracks")

@@ -73,14 +73,18 @@ def test_erasing_one_item_of_a_pooled_release_erases_the_release(client):
 
 
 def test_pooling_is_a_policy_choice_and_never_happens_without_noise(client):
-    _, off = make_tenant(client, "pool-off", epsilon=8.0, pool_tracks=False)
+    off_id, off = make_tenant(client, "pool-off", epsilon=8.0, pool_tracks=False)
+    # a policy write that leaves the switch out (a client written before it) keeps it as it is
+    kept = client.put(f"/v1/admin/tenants/{off_id}/privacy", json={"epsilon": 8.0, "delta": 1e-5}, headers=ADMIN)
+    assert kept.status_code == 200 and kept.json()["pool_tracks"] is False
     _, clean = make_tenant(client, "pool-clean", epsilon="inf")
     for key in (off, clean):
         body = enroll(client, key, [1, 2, 3, 4, 5, 6], _metas()).json()
         assert body["pooled"] == []
         assert all(row.pooled == 1 and row.release_id is None for row in _stored(client).values() if row.id in body["ids"])
-    bad = client.put("/v1/admin/tenants/1/privacy", json={"epsilon": 8.0, "pool_tracks": "yes"}, headers=ADMIN)
-    assert bad.status_code == 422
+    for wrong in ("yes", 1, None):
+        bad = client.put(f"/v1/admin/tenants/{off_id}/privacy", json={"epsilon": 8.0, "pool_tracks": wrong}, headers=ADMIN)
+        assert bad.status_code == 422, wrong
 
 
 def test_a_pooled_release_costs_its_subject_n_squared_record_releases(client):

@@ -89,6 +89,7 @@ def test_console_end_to_end(console_url, tmp_path):
         expect(page.locator("#epsilon-marker")).to_have_attribute("data-epsilon", str(page.input_value("#epsilon")))
         expect(page.locator("#epsilon-readout")).to_contain_text(f"At ε = {page.input_value('#epsilon')}")
         expect(page.locator("#epsilon-readout")).to_contain_text("Expected rank-1")
+        expect(page.locator("#epsilon-readout")).to_contain_text("with pooled tracks")  # the shipped calibration has those rows
         page.screenshot(path=str(shots / "console_privacy.png"), full_page=True)
         expect(page.locator("#pool-tracks")).to_be_checked()  # the default
         page.uncheck("#pool-tracks")

@@ -60,7 +60,13 @@ def test_track_rows_are_served_apart_and_labelled():
     assert [p["grouping"] for p in out["points"]] == ["record"] and out["points"][0]["mAP"] == pytest.approx(0.21)
     assert [p["grouping"] for p in out["track_points"]] == ["track"] and out["track_points"][0]["mAP"] == pytest.approx(0.6)
     assert out["track_no_noise"] == {"rank1": 0.7, "mAP": 0.8} and out["no_noise"] == {"rank1": 0.3, "mAP": 0.31}
-    assert out["track_mean_size"] == 3.8 and set(out["groupings"]) == {"record", "track"}
+    assert out["track_mean_size"] == 3.8 and set(out["groupings"]) == {"record", "track", "pooled_track"}
+    assert out["pooled_track_points"] == [] and out["pooled_track_no_noise"] is None
+    data["pooled_track_points"] = [{**row, "grouping": "pooled_track", "mAP": {"mean": 0.7}} for row in data["track_points"][1:]]
+    pooled = expected_utility(data, [100.0, 1.0], delta=1e-5, clip_norm=1.0)
+    assert [p["grouping"] for p in pooled["pooled_track_points"]] == ["pooled_track", "pooled_track"]
+    assert pooled["pooled_track_points"][0]["mAP"] == pytest.approx(0.7) and pooled["pooled_track_points"][1]["within_calibration"] is False
+    assert pooled["pooled_track_no_noise"] == {"rank1": 0.7, "mAP": 0.7}
 
 
 def test_shipped_calibration_files_still_load_as_per_record():

@@ -217,7 +217,10 @@ def set_privacy(tenant_id: TenantId, body: PolicyIn, request: Request, session: 
     row.delta = body.delta
     row.subject_epsilon = body.subject_epsilon
     row.subject_delta = body.subject_delta
-    row.pool_tracks = body.pool_tracks
+    if body.pool_tracks is not None:  # left out: kept (a client written before the switch must not flip it)
+        row.pool_tracks = body.pool_tracks
+    elif row.pool_tracks is None:
+        row.pool_tracks = True  # a new policy row (flushed later, so the column default has not applied yet)
     after = policy_out(row, domain)
     fields = {"epsilon", "delta", "subject_epsilon", "subject_delta", "pool_tracks", "sigma"}
     audit(session, actor, "privacy.update", tenant_id, {"before": before, "after": after.model_dump(include=fields)})
