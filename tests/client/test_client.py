@@ -286,3 +286,18 @@ def test_transport_errors_are_retried_only_for_idempotent_calls(monkeypatch):
 def test_client_package_does_not_import_torch_or_the_service():
     code = "import sys, reid_client, reid_client.cli, reid_client.bulk; assert not {'torch', 'app.main', 'fastapi'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+
+
+def test_bulk_batches_keep_a_tracks_crops_together_where_they_fit():
+    """The service pools the crops of one track sent in one request: the enroller must not cut a track that fits."""
+    from pathlib import Path
+
+    from reid_client.bulk import _batches
+
+    def item(name: str, track: str | None) -> tuple[str, Path, dict]:
+        return (name, Path(name), {"camera_id": "c1", **({"track_ref": track} if track else {})})
+
+    items = [item("a1", "A"), item("a2", "A"), item("b1", "B"), item("x", None), item("a3", "A"), *(item(f"c{i}", "C") for i in range(5))]
+    batches = [[name for name, _, _ in batch] for batch in _batches(items, 4)]
+    assert batches == [["a1", "a2", "a3", "b1"], ["x"], ["c0", "c1", "c2", "c3"], ["c4"]]
+    assert all(len(b) <= 4 for b in batches) and sorted(n for b in batches for n in b) == sorted(n for n, _, _ in items)
