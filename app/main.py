@@ -179,6 +179,7 @@ def build_state(settings: Settings, embedder: Any = None) -> AppState:
         feature_domain=embedder.feature_domain,
         split_sign=embedder.split_sign,
         track_scorer=track_scorer_for(embedder),
+        pool_max_crops=settings.pool_max_crops,
     )
     return AppState(
         settings=settings,

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     image_decode: Literal["cpu", "cuda"] = Field("cpu", description="cuda: decode JPEG crops on the GPU (nvJPEG) when CUDA is available")
     max_batch: int = Field(256, ge=1, le=4096, description="most crops per enrollment request")
     max_query_crops: int = Field(16, ge=1, le=256, description="most crops in one search request (a query track)")
+    pool_max_crops: int = Field(
+        16, ge=2, le=4096, description="most crops in one pooled track release; a larger track in one request is split into balanced pools"
+    )
     max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="largest accepted file per crop")
     max_image_pixels: int = Field(4096 * 4096, ge=64, description="largest accepted width x height per crop")
     max_image_aspect: float = Field(

@@ -92,9 +92,13 @@ class EnrollResult:
     pooled: list[PooledRelease] = field(default_factory=list)
 
 
-def plan_releases(items: list[ItemInput], pool_tracks: bool) -> list[list[int]]:
+def plan_releases(items: list[ItemInput], pool_tracks: bool, max_pool: int = 16) -> list[list[int]]:
     """The releases of one enrollment, as lists of item positions: the crops of one (track_ref, subject_ref) pair, when
-    there are at least two and ``pool_tracks``, are one pooled release; every other crop is released alone."""
+    there are at least two and ``pool_tracks``, are one pooled release; every other crop is released alone.
+
+    A pool holds at most ``max_pool`` crops (a larger track is split into balanced pools): the mean of n copies of one
+    crop (or of near-identical video frames) would be released at σ/n, so the cap bounds what such a flood reveals —
+    the whole track's μ is then √(n·max_pool)·Δ/σ instead of n·Δ/σ."""
     if not pool_tracks:
         return [[i] for i in range(len(items))]
     by_track: dict[tuple[str, str | None], list[int]] = defaultdict(list)
@@ -105,7 +109,9 @@ def plan_releases(items: list[ItemInput], pool_tracks: bool) -> list[list[int]]:
         else:
             releases.append([i])
     for members in by_track.values():
-        releases.extend([members] if len(members) > 1 else [[m] for m in members])
+        parts = -(-len(members) // max_pool)  # ceil: the fewest pools within the cap, sizes within one of each other
+        for part in np.array_split(np.asarray(members), parts):
+            releases.extend([part.tolist()] if len(part) > 1 else [[int(m)] for m in part])
     return sorted(releases)
 
 
@@ -159,6 +165,7 @@ class GalleryService:
     feature_domain: str = "signed"  # the encoder's: "nonnegative" releases with sensitivity √2·C
     split_sign: bool = False  # features are [f⁺, f⁻]: per-record search compares the signed f⁺ − f⁻ (its cosine)
     track_scorer: TrackScorer | None = None  # noise-aware scoring of grouped search (None: cosine)
+    pool_max_crops: int = 16  # most crops in one pooled track release (REID_POOL_MAX_CROPS)
 
     def __post_init__(self) -> None:
         self.locks = TenantWriteLocks(self.engine)
@@ -202,7 +209,7 @@ class GalleryService:
                 raise self._mismatch(tenant_id, self.mismatched[tenant_id])
             if policy.has_subject_budget:
                 per_release = release_mu_squared(policy.record_policy.parameters())
-                requested = _requested(items, plan_releases(items, policy.pools))
+                requested = _requested(items, plan_releases(items, policy.pools, self.pool_max_crops))
                 if requested:
                     rows = session.execute(
                         select(SubjectBudget.subject_ref, SubjectBudget.mu_squared).where(
@@ -224,7 +231,7 @@ class GalleryService:
             if head.encoder_sha256 is not None and (head.encoder_sha256, head.encoder_dim) != (self.encoder.sha256, self.encoder.dim):
                 self._note_head(tenant_id, head.encoder_sha256, head.encoder_dim)
                 raise self._mismatch(tenant_id, EncoderIdentity(head.encoder_sha256, head.encoder_dim or 0))
-            releases = plan_releases(items, policy.pools)
+            releases = plan_releases(items, policy.pools, self.pool_max_crops)
             max_mu_squared = None
             if policy.has_subject_budget:
                 charge_subject_budgets(session, tenant_id, policy, items, release_mu_squared(params), releases)

@@ -142,3 +142,21 @@ def test_grouped_search_scores_a_pooled_track_with_its_true_noise(settings):
             mean = np.mean([rows[i] for i in hit["item_ids"]], axis=0)
             expected = embedder.track_scorer.scores(query, mean[None], np.array([noise_var[hit["track_ref"]]]))[0, 0]
             assert math.isclose(hit["score"], expected, rel_tol=1e-6, abs_tol=1e-5)
+
+
+def test_a_pool_holds_at_most_the_configured_crops_so_a_flood_of_copies_is_bounded(client):
+    """The same crop sent many times as one track would be released at σ/n, nearly clean: pools are capped
+    (REID_POOL_MAX_CROPS) and a larger track is split into balanced pools, each at σ/size."""
+    from app.services.gallery import ItemInput, plan_releases
+
+    client.app.state.reid.gallery.pool_max_crops = 3
+    _, key = make_tenant(client, "pool-cap", epsilon=8.0)
+    body = enroll(client, key, [7] * 7, [meta("c1", track_ref="flood") for _ in range(7)]).json()
+    sizes = sorted(len(r["item_ids"]) for r in body["pooled"])
+    assert sizes == [2, 2, 3] and sorted(i for r in body["pooled"] for i in r["item_ids"]) == body["ids"]
+    for release in body["pooled"]:
+        n = len(release["item_ids"])
+        assert release["noise"]["pooled"] == n and math.isclose(release["noise"]["sigma"], body["noise"]["sigma"] / n)
+    items = [ItemInput(**meta("c1", track_ref="t")) for _ in range(33)]
+    assert [len(r) for r in plan_releases(items, True, 16)] == [11, 11, 11]
+    assert [len(r) for r in plan_releases(items[:16], True, 16)] == [16]
