@@ -7,6 +7,7 @@ responses are generated from these classes (``app/api/contract.py``), so a new e
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -160,6 +161,7 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
+FORM_FIELD_TOO_LARGE = re.compile(r"(Part|Field) exceeded maximum size of")
 PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -207,9 +209,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers or {})
         message = str(exc.detail)
-        if exc.status_code == 405:
+        status = exc.status_code
+        if status == 405:
             allow = allowed_methods(request)
             headers["Allow"] = ", ".join(allow)
             message = f"{request.method} is not allowed here; allowed: {', '.join(allow)}"
-        code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers or None)
+        elif status == 400 and FORM_FIELD_TOO_LARGE.search(message):  # Starlette's form parser: a text field over 1 MiB
+            status = 413
+            message = (
+                f"a form text field (such as metadata) is larger than the 1 MiB each may have ({message}); nothing was stored: "
+                "send fewer crops per request"
+            )
+        code = HTTP_CODES.get(status, f"http_{status}")
+        return JSONResponse(error_body(code, message), status_code=status, headers=headers or None)

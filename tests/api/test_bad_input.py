@@ -169,3 +169,16 @@ def test_x_api_key_wins_over_a_bearer_token(client, tenant):
     _, other = make_tenant(client, "other-tenant")
     both = client.get("/v1/gallery", headers={"X-API-Key": other, "Authorization": f"Bearer {tenant}"})
     assert both.status_code == 200 and both.json()["items"] == []  # the other tenant's empty gallery, not the victim's
+
+
+def test_a_metadata_field_over_the_form_parsers_limit_is_a_413_that_says_so(client, tenant):
+    """256 crops with attributes near their 4 KiB limit make a metadata field over Starlette's 1 MiB per text field:
+    a 413 naming the field and the way out, not a bare 400; nothing stored."""
+    before = count(client, tenant)
+    metas = [meta(attributes={"k": "v" * 4080}) for _ in range(256)]
+    files = [("images", (f"crop{i}.jpg", jpeg_bytes(1), "image/jpeg")) for i in range(256)]
+    answer = client.post("/v1/gallery", files=files, data={"metadata": json.dumps(metas)}, headers={"X-API-Key": tenant})
+    assert answer.status_code == 413, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "payload_too_large" and "metadata" in error["message"] and "fewer crops" in error["message"]
+    assert count(client, tenant) == before
