@@ -31,6 +31,14 @@ def track_vectors(records: np.ndarray, track_index: np.ndarray, num_tracks: int)
     return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def track_means(records: np.ndarray, track_index: np.ndarray, num_tracks: int) -> tuple[np.ndarray, np.ndarray]:
+    """The plain (float64) mean of each track's records, and each track's record count."""
+    counts = np.bincount(track_index, minlength=num_tracks).astype(np.float64)
+    sums = np.zeros((num_tracks, records.shape[1]))
+    np.add.at(sums, track_index, records.astype(np.float64))
+    return sums / counts[:, None], counts
+
+
 def pooled_releases(
     features: np.ndarray, track_index: np.ndarray, num_tracks: int, epsilon: float, delta: float, seed: int, domain: str = "signed"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -74,11 +82,9 @@ def evaluate_tracks(
     if scorer is None:
         distances = cosine_distance(query, track_vectors(records, index, len(t_pids)))
     else:
-        counts = np.bincount(index, minlength=len(t_pids)).astype(np.float64)
-        sums = np.zeros((len(t_pids), records.shape[1]))
-        np.add.at(sums, index, records.astype(np.float64))
+        means, _ = track_means(records, index, len(t_pids))
         noise_var = track_noise_variance(np.full(len(index), sigma), index, len(t_pids))
-        distances = -scorer.scores(query, sums / counts[:, None], noise_var)
+        distances = -scorer.scores(query, means, noise_var)
     result = evaluate_rankings(distances, q_pids, t_pids, q_cams, t_cams)
     result["num_tracks"] = len(t_pids)
     result["mean_track_size"] = float(len(index) / len(t_pids))

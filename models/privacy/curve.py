@@ -27,7 +27,7 @@ import torch
 from models.evaluation import cosine_distance, evaluate_rankings
 from models.evaluation.attack import id_accuracy
 from models.evaluation.likelihood import TrackScorer, signed_features
-from models.evaluation.tracks import evaluate_tracks, group_tracks, pooled_releases
+from models.evaluation.tracks import evaluate_tracks, group_tracks, pooled_releases, track_means
 from models.markdown import replace_between_markers
 from models.privacy.mechanism import GaussianMechanism, PrivacyPolicy
 
@@ -59,16 +59,27 @@ def _signed(features: np.ndarray, scoring: Scoring) -> np.ndarray:
     return signed_features(features)
 
 
-def linkage_rank1(gallery: np.ndarray, pids: np.ndarray, cams: np.ndarray, scorer: TrackScorer | None = None, sigma: float = 0.0) -> float:
+def linkage_rank1(
+    gallery: np.ndarray, pids: np.ndarray, cams: np.ndarray, scorer: TrackScorer | None = None, noise_var: float | np.ndarray = 0.0
+) -> float:
     """Rank-1 of protected gallery records matched against the other records (cross-camera matches only): by cosine,
-    or (``scorer``) by the likelihood ratio with both sides' noise σ known — the stronger attacker where it applies."""
+    or (``scorer``) by the likelihood ratio with both sides' noise known — the stronger attacker where it applies.
+
+    ``noise_var`` is each record's per-coordinate noise variance (one value for all, or one per record). Records are
+    scored as queries 1/8 at a time, at their shared level or, where levels are mixed, their mean."""
     if scorer is None:
         dist = cosine_distance(gallery, gallery)
     else:
-        noise = np.full(len(gallery), sigma**2)
-        dist = np.concatenate([-scorer.scores(part, gallery, noise, query_noise_var=sigma**2) for part in np.array_split(gallery, 8)])
+        noise = np.broadcast_to(np.asarray(noise_var, dtype=np.float64), (len(gallery),))
+        parts = np.array_split(np.arange(len(gallery)), 8)
+        dist = np.concatenate([-scorer.scores(gallery[part], gallery, noise, query_noise_var=_level(noise[part])) for part in parts])
     np.fill_diagonal(dist, np.inf)
     return float(evaluate_rankings(dist, pids, pids, cams, cams)["rank1"])
+
+
+def _level(noise_var: np.ndarray) -> float:
+    """One query noise variance for a group of records: theirs when they share it, else their mean."""
+    return float(noise_var[0]) if (noise_var == noise_var[0]).all() else float(noise_var.mean())
 
 
 GROUPINGS = {
@@ -133,7 +144,7 @@ def curve_for(
                 samples["id_acc_linear"].append(id_accuracy(noisy, features["g_pids"], features["qf"], features["q_pids"], kind="linear"))
             samples["linkage_rank1"].append(linkage_rank1(signed_records, features["g_pids"], features["g_cams"]))
             if scoring.track_scorer is not None:
-                link = linkage_rank1(noisy, features["g_pids"], features["g_cams"], scoring.track_scorer, sigma)
+                link = linkage_rank1(noisy, features["g_pids"], features["g_cams"], scoring.track_scorer, sigma**2)
                 samples["linkage_rank1_likelihood"].append(link)
             if tracks:
                 labels = (features["q_pids"], features["g_pids"], features["q_cams"], features["g_cams"])
@@ -145,10 +156,7 @@ def curve_for(
                     track_samples[key].append(grouped[key])
                 if pooled:
                     index, t_pids, t_cams = group_tracks(features["g_pids"], features["g_cams"])
-                    counts = np.bincount(index, minlength=len(t_pids)).astype(np.float64)
-                    means = np.zeros((len(t_pids), noisy.shape[1]))
-                    np.add.at(means, index, noisy.astype(np.float64))
-                    means /= counts[:, None]
+                    means, counts = track_means(noisy, index, len(t_pids))
                     for key, value in _attacks(means, sigma**2 / counts, t_pids, t_cams, features, attack, scoring).items():
                         track_samples[key].append(value)
                 track_shape = {"num_tracks": grouped["num_tracks"], "mean_track_size": grouped["mean_track_size"]}
@@ -203,12 +211,7 @@ def _attacks(
         out["id_acc_linear"] = id_accuracy(tracks, t_pids, features["qf"], features["q_pids"], kind="linear")
     out["linkage_rank1"] = linkage_rank1(_signed(tracks, scoring), t_pids, t_cams)
     if scoring.track_scorer is not None and bool((noise_var > 0).all()):
-        parts = np.array_split(np.arange(len(tracks)), 8)
-        link = -np.concatenate(
-            [scoring.track_scorer.scores(tracks[part], tracks, noise_var, query_noise_var=float(noise_var[part].mean())) for part in parts]
-        )
-        np.fill_diagonal(link, np.inf)
-        out["linkage_rank1_likelihood"] = float(evaluate_rankings(link, t_pids, t_pids, t_cams, t_cams)["rank1"])
+        out["linkage_rank1_likelihood"] = linkage_rank1(tracks, t_pids, t_cams, scoring.track_scorer, noise_var)
     return out
 
 
