@@ -623,12 +623,12 @@ def _refuse_over_budget(policy: TenantPolicy, charges: list[tuple[str, float, fl
 
 
 def charge_subject_budgets(
-    session: Session, tenant_id: int, policy: TenantPolicy, items: list[ItemInput], per_release: float, releases: list[list[int]] | None = None
+    session: Session, tenant_id: int, policy: TenantPolicy, items: list[ItemInput], per_release: float, releases: list[list[int]]
 ) -> None:
     """Charge μ² per release in one atomic statement (INSERT … ON CONFLICT DO UPDATE … RETURNING) and check the totals
     it returns in the same transaction: over budget raises, and the caller's rollback undoes the charge. ``per_release``
-    is one record's μ²; ``releases`` groups items into releases (default: each alone)."""
-    requested = _requested(items, releases if releases is not None else [[i] for i in range(len(items))])
+    is one record's μ²; ``releases`` groups items into releases (``plan_releases``)."""
+    requested = _requested(items, releases)
     if not requested:
         return
     if math.isinf(per_release):  # no noise: no finite budget can pay for it
