@@ -125,9 +125,10 @@ def enrol(url: str, key: str, paths: list[Path], batch: int, workers: int, batch
         return len(answer["ids"])
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        enrolled = sum(pool.map(send, chunked(paths, batch, batching)))
+        requests = chunked(paths, batch, batching)
+        enrolled = sum(pool.map(send, requests))
     assert enrolled == len(paths)
-    shape = {"requests": len(chunked(paths, batch, batching)), "pooled_releases": len(pooled), "pooled_crops": sum(pooled)}
+    shape = {"requests": len(requests), "pooled_releases": len(pooled), "pooled_crops": sum(pooled)}
     return len(paths) / (time.time() - started), shape
 
 
